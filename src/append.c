@@ -1,0 +1,539 @@
+/*
+ * append.c
+ *		The append path: es_append in all its forms.
+ *
+ * One call records all its events or none:
+ *	1. check every argument (nothing is written on a bad one);
+ *	2. lock each aggregate of the call, in uuid order, with a transaction-level
+ *	   advisory lock (only writers of the same aggregate wait for each other);
+ *	3. check each aggregate's versions against its current version, read with
+ *	   the latest snapshot (so a writer that committed while we waited is seen);
+ *	4. record the tracking position, if given;
+ *	5. take the ids and insert heap and index tuples (ordering.c explains why
+ *	   this makes the notification log ordered and gap-free).
+ * Steps 1-4 can refuse the append; none of them takes an id.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/execnodes.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/typcache.h"
+
+#include "eventsourcing.h"
+
+/* Distinguishes our aggregate locks from user advisory locks (which use 1, 2). */
+#define ES_AGGREGATE_LOCK_CLASS 0x4553
+
+typedef struct EsEventIn
+{
+	pg_uuid_t	originator_id;
+	int64		version;
+	Datum		topic;
+	Datum		state;
+	int			index;			/* position in the call, 0-based */
+} EsEventIn;
+
+static char *
+EsUuidOut(const pg_uuid_t *uuid)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(uuid)));
+}
+
+/* The name of one field of the input, for error messages. */
+static char *
+EsFieldName(const char *argname, bool is_array, int index, const char *field)
+{
+	if (argname == NULL)
+		return pstrdup(field);
+	if (is_array)
+		return psprintf("%s[%d].%s", argname, index + 1, field);
+	return psprintf("%s.%s", argname, field);
+}
+
+/* Reads and checks one es_event value. */
+static void
+EsParseEvent(HeapTupleHeader th, const char *argname, bool is_array, int index,
+			 EsEventIn *ev)
+{
+	static const char *const fields[] = {"originator_id", "originator_version", "topic", "state"};
+	TupleDesc	tupdesc;
+	HeapTupleData tuple;
+	Datum		values[4];
+	bool		nulls[4];
+	Size		topic_len;
+
+	tupdesc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(th), HeapTupleHeaderGetTypMod(th));
+	if (tupdesc->natts != 4)
+		elog(ERROR, "eventsourcing: es_event has %d attributes, expected 4", tupdesc->natts);
+	tuple.t_len = HeapTupleHeaderGetDatumLength(th);
+	ItemPointerSetInvalid(&tuple.t_self);
+	tuple.t_tableOid = InvalidOid;
+	tuple.t_data = th;
+	heap_deform_tuple(&tuple, tupdesc, values, nulls);
+	ReleaseTupleDesc(tupdesc);
+
+	for (int i = 0; i < 4; i++)
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not be NULL", EsFieldName(argname, is_array, index, fields[i]))));
+
+	memcpy(&ev->originator_id, DatumGetUUIDP(values[0]), sizeof(pg_uuid_t));
+	ev->version = DatumGetInt64(values[1]);
+	ev->topic = PointerGetDatum(PG_DETOAST_DATUM_PACKED(values[2]));
+	ev->state = PointerGetDatum(PG_DETOAST_DATUM(values[3]));
+	ev->index = index;
+
+	if (ev->version < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be negative", EsFieldName(argname, is_array, index, "originator_version")),
+				 errdetail("The given version is " INT64_FORMAT ".", ev->version)));
+	topic_len = VARSIZE_ANY_EXHDR(DatumGetPointer(ev->topic));
+	if (topic_len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", EsFieldName(argname, is_array, index, "topic"))));
+	if (topic_len > ES_MAX_TOPIC_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("%s is too long", EsFieldName(argname, is_array, index, "topic")),
+				 errdetail("The topic has %zu bytes; the limit is %d.", topic_len, ES_MAX_TOPIC_BYTES)));
+}
+
+static EsEventIn *
+EsParseEventArray(FunctionCallInfo fcinfo, int argno, int *nevents)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			n;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	EsEventIn  *events;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("events must not be NULL"),
+				 errhint("Pass an empty array to record nothing.")));
+	arr = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("events must be a one-dimensional array")));
+	get_typlenbyvalalign(ARR_ELEMTYPE(arr), &typlen, &typbyval, &typalign);
+	deconstruct_array(arr, ARR_ELEMTYPE(arr), typlen, typbyval, typalign,
+					  &elems, &elem_nulls, &n);
+	events = palloc0(sizeof(EsEventIn) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		if (elem_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("events[%d] must not be NULL", i + 1)));
+		EsParseEvent(DatumGetHeapTupleHeader(elems[i]), "events", true, i, &events[i]);
+	}
+	*nevents = n;
+	return events;
+}
+
+static int
+EsCompareByAggregate(const void *a, const void *b)
+{
+	const EsEventIn *ea = *(EsEventIn *const *) a;
+	const EsEventIn *eb = *(EsEventIn *const *) b;
+	int			c = memcmp(ea->originator_id.data, eb->originator_id.data, UUID_LEN);
+
+	if (c != 0)
+		return c;
+	return (ea->index > eb->index) - (ea->index < eb->index);
+}
+
+/* The aggregate's current version, or -1 if it has no events. */
+static int64
+EsCurrentVersion(const EsRelations *rels, Relation events, int32 app_id,
+				 const pg_uuid_t *originator_id)
+{
+	Relation	idx = index_open(rels->events_version_idx, AccessShareLock);
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
+	TupleTableSlot *slot = table_slot_create(events, NULL);
+	int64		version = -1;
+
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
+	scan = index_beginscan(events, idx, snapshot, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	if (index_getnext_slot(scan, BackwardScanDirection, slot))
+	{
+		bool		isnull;
+
+		version = DatumGetInt64(slot_getattr(slot, Anum_es_originator_version, &isnull));
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(idx, AccessShareLock);
+	return version;
+}
+
+static void
+EsLockAggregate(int32 app_id, const pg_uuid_t *originator_id)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) app_id,
+						 hash_bytes(originator_id->data, UUID_LEN),
+						 ES_AGGREGATE_LOCK_CLASS);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/*
+ * Steps 2 and 3 for the events of one call, sorted by aggregate and then by
+ * position in the call.
+ */
+static void
+EsCheckVersions(const EsRelations *rels, Relation events, const char *appname,
+				int32 app_id, EsEventIn **sorted, int n)
+{
+	int			start = 0;
+
+	/* Versions within the call first: no lock needed to refuse those. */
+	for (int i = 1; i < n; i++)
+	{
+		EsEventIn  *prev = sorted[i - 1];
+		EsEventIn  *cur = sorted[i];
+
+		if (memcmp(prev->originator_id.data, cur->originator_id.data, UUID_LEN) != 0)
+			continue;
+		if (cur->version == prev->version)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("version " INT64_FORMAT " of aggregate %s appears twice in the events for application \"%s\"",
+							cur->version, EsUuidOut(&cur->originator_id), appname),
+					 errdetail("events[%d] and events[%d] have the same originator_id and originator_version.",
+							   prev->index + 1, cur->index + 1)));
+		if (cur->version != prev->version + 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("versions of aggregate %s in the events for application \"%s\" are not consecutive",
+							EsUuidOut(&cur->originator_id), appname),
+					 errdetail("events[%d] has version " INT64_FORMAT " after events[%d] with version " INT64_FORMAT ".",
+							   cur->index + 1, cur->version, prev->index + 1, prev->version),
+					 errhint("The events of one aggregate must be given in version order, each one above the last.")));
+	}
+
+	while (start < n)
+	{
+		int			end = start + 1;
+		EsEventIn  *first = sorted[start];
+		int64		current;
+
+		while (end < n && memcmp(sorted[end]->originator_id.data, first->originator_id.data, UUID_LEN) == 0)
+			end++;
+
+		EsLockAggregate(app_id, &first->originator_id);
+		current = EsCurrentVersion(rels, events, app_id, &first->originator_id);
+		if (current < 0)
+		{
+			if (first->version > 1)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("aggregate %s of application \"%s\" has no events, so its first version must be 0 or 1, not " INT64_FORMAT,
+								EsUuidOut(&first->originator_id), appname, first->version)));
+		}
+		else if (first->version <= current)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("version " INT64_FORMAT " of aggregate %s in application \"%s\" already exists",
+							first->version, EsUuidOut(&first->originator_id), appname),
+					 errdetail("The aggregate's current version is " INT64_FORMAT ".", current),
+					 errhint("Another writer recorded it first: reload the aggregate and retry the command.")));
+		else if (first->version > current + 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("version " INT64_FORMAT " of aggregate %s in application \"%s\" skips ahead of its current version " INT64_FORMAT,
+							first->version, EsUuidOut(&first->originator_id), appname, current),
+					 errdetail("The next version must be " INT64_FORMAT ".", current + 1)));
+		start = end;
+	}
+}
+
+/* Step 4: the upstream position, above the one recorded, or a 23505. */
+static void
+EsRecordTracking(const EsRelations *rels, int32 app_id, const char *appname,
+				 text *upstream, int64 position)
+{
+	StringInfoData sql;
+	Oid			argtypes[3] = {INT4OID, TEXTOID, INT8OID};
+	Datum		values[3];
+	int			rc;
+
+	values[0] = Int32GetDatum(app_id);
+	values[1] = PointerGetDatum(upstream);
+	values[2] = Int64GetDatum(position);
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "INSERT INTO %s AS t (application_id, upstream_application, notification_id) "
+					 "VALUES ($1, $2, $3) ON CONFLICT (application_id, upstream_application) "
+					 "DO UPDATE SET notification_id = excluded.notification_id "
+					 "WHERE t.notification_id < excluded.notification_id",
+					 EsQualifiedName(rels, "es_tracking"));
+	SPI_connect();
+	rc = SPI_execute_with_args(sql.data, 3, argtypes, values, NULL, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "eventsourcing: could not record the tracking position (SPI code %d)", rc);
+	if (SPI_processed == 0)
+	{
+		char	   *upname = text_to_cstring(upstream);
+
+		SPI_finish();
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("application \"%s\" has already recorded upstream notification " INT64_FORMAT " of \"%s\"",
+						appname, position, upname),
+				 errdetail("A new tracking position must be above the one recorded."),
+				 errhint("Another follower processed it first, or it is being processed twice.")));
+	}
+	SPI_finish();
+}
+
+/* Step 5. */
+static void
+EsInsertEvents(const EsRelations *rels, Relation events, int32 app_id,
+			   EsEventIn *in, int n, int64 *ids)
+{
+	EState	   *estate = CreateExecutorState();
+	ResultRelInfo *rri = makeNode(ResultRelInfo);
+	TupleTableSlot *slot;
+	CommandId	cid = GetCurrentCommandId(true);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	EsCounter  *counter = EsGetCounter(rels, app_id);
+	int64		first;
+
+	InitResultRelInfo(rri, events, 1, NULL, 0);
+	ExecOpenIndices(rri, false);
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(events), &TTSOpsVirtual);
+
+	first = EsBeginAllocation(counter, n);
+	PG_TRY();
+	{
+		for (int i = 0; i < n; i++)
+		{
+			ExecClearTuple(slot);
+			memset(slot->tts_isnull, 0, sizeof(bool) * Natts_es_stored_events);
+			ids[i] = first + i;
+			slot->tts_values[Anum_es_application_id - 1] = Int32GetDatum(app_id);
+			slot->tts_values[Anum_es_notification_id - 1] = Int64GetDatum(ids[i]);
+			slot->tts_values[Anum_es_originator_id - 1] = UUIDPGetDatum(&in[i].originator_id);
+			slot->tts_values[Anum_es_originator_version - 1] = Int64GetDatum(in[i].version);
+			slot->tts_values[Anum_es_topic - 1] = in[i].topic;
+			slot->tts_values[Anum_es_state - 1] = in[i].state;
+			slot->tts_values[Anum_es_recorded_at - 1] = TimestampTzGetDatum(now);
+			ExecStoreVirtualTuple(slot);
+			table_tuple_insert(events, slot, cid, 0, NULL);
+			(void) ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
+		}
+	}
+	PG_FINALLY();
+	{
+		EsEndAllocation();
+	}
+	PG_END_TRY();
+
+	ExecDropSingleTupleTableSlot(slot);
+	ExecCloseIndices(rri);
+	FreeExecutorState(estate);
+	/* Later commands of this transaction (and its next append) see them. */
+	CommandCounterIncrement();
+}
+
+/* The whole append; returns the ids in input order. */
+static int64 *
+EsAppend(text *application, EsEventIn *in, int n, text *upstream, int64 upstream_position)
+{
+	EsRelations rels;
+	int32		app_id;
+	char	   *appname = text_to_cstring(application);
+	Relation	events;
+	int64	   *ids = palloc(sizeof(int64) * Max(n, 1));
+
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	EsCheckTablePrivilege(rels.events, ACL_INSERT);
+
+	/* Do not start writing in a read-only transaction or on a standby. */
+	PreventCommandIfReadOnly("es_append()");
+
+	events = table_open(rels.events, RowExclusiveLock);
+	if (n > 0)
+	{
+		EsEventIn **sorted = palloc(sizeof(EsEventIn *) * n);
+
+		for (int i = 0; i < n; i++)
+			sorted[i] = &in[i];
+		qsort(sorted, n, sizeof(EsEventIn *), EsCompareByAggregate);
+		EsCheckVersions(&rels, events, appname, app_id, sorted, n);
+	}
+	if (upstream != NULL)
+		EsRecordTracking(&rels, app_id, appname, upstream, upstream_position);
+	if (n > 0)
+		EsInsertEvents(&rels, events, app_id, in, n, ids);
+	table_close(events, NoLock);
+	return ids;
+}
+
+static Datum
+EsReturnIds(FunctionCallInfo fcinfo, int64 *ids, int n)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		value = Int64GetDatum(ids[i]);
+		bool		isnull = false;
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &value, &isnull);
+	}
+	return (Datum) 0;
+}
+
+static text *
+EsArgUpstream(FunctionCallInfo fcinfo, int argno, int64 *position)
+{
+	text	   *upstream;
+	Size		len;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("upstream_application must not be NULL")));
+	if (PG_ARGISNULL(argno + 1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("upstream_notification_id must not be NULL")));
+	upstream = PG_GETARG_TEXT_PP(argno);
+	len = VARSIZE_ANY_EXHDR(upstream);
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("upstream_application must not be empty")));
+	if (len > ES_MAX_APPLICATION_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("upstream_application is too long"),
+				 errdetail("The name has %zu bytes; the limit is %d.", len, ES_MAX_APPLICATION_BYTES)));
+	*position = PG_GETARG_INT64(argno + 1);
+	if (*position < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("upstream_notification_id must be positive"),
+				 errdetail("The given position is " INT64_FORMAT ".", *position)));
+	return upstream;
+}
+
+/* es_append(application text, events es_event[]) RETURNS SETOF bigint */
+PG_FUNCTION_INFO_V1(es_append);
+Datum
+es_append(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	int			n;
+	EsEventIn  *in = EsParseEventArray(fcinfo, 1, &n);
+	int64	   *ids = EsAppend(application, in, n, NULL, 0);
+
+	return EsReturnIds(fcinfo, ids, n);
+}
+
+/*
+ * es_append(application text, events es_event[], upstream_application text,
+ *			 upstream_notification_id bigint) RETURNS SETOF bigint
+ */
+PG_FUNCTION_INFO_V1(es_append_tracked);
+Datum
+es_append_tracked(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	int			n;
+	EsEventIn  *in = EsParseEventArray(fcinfo, 1, &n);
+	int64		position;
+	text	   *upstream = EsArgUpstream(fcinfo, 2, &position);
+	int64	   *ids = EsAppend(application, in, n, upstream, position);
+
+	return EsReturnIds(fcinfo, ids, n);
+}
+
+/* es_append(application text, event es_event) RETURNS bigint */
+PG_FUNCTION_INFO_V1(es_append_one);
+Datum
+es_append_one(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	EsEventIn	ev;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("event must not be NULL")));
+	EsParseEvent(PG_GETARG_HEAPTUPLEHEADER(1), "event", false, 0, &ev);
+	PG_RETURN_INT64(EsAppend(application, &ev, 1, NULL, 0)[0]);
+}
+
+/*
+ * es_append(application text, originator_id uuid, originator_version bigint,
+ *			 topic text, state bytea) RETURNS bigint
+ */
+PG_FUNCTION_INFO_V1(es_append_fields);
+Datum
+es_append_fields(PG_FUNCTION_ARGS)
+{
+	static const char *const names[] = {"originator_id", "originator_version", "topic", "state"};
+	text	   *application = EsArgApplication(fcinfo, 0);
+	TupleDesc	tupdesc;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	HeapTuple	tuple;
+	EsEventIn	ev;
+
+	for (int i = 0; i < 4; i++)
+	{
+		if (PG_ARGISNULL(i + 1))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not be NULL", names[i])));
+		values[i] = PG_GETARG_DATUM(i + 1);
+	}
+	/* Reuse the composite parser: build an es_event from the arguments. */
+	tupdesc = CreateTemplateTupleDesc(4);
+	TupleDescInitEntry(tupdesc, 1, "originator_id", UUIDOID, -1, 0);
+	TupleDescInitEntry(tupdesc, 2, "originator_version", INT8OID, -1, 0);
+	TupleDescInitEntry(tupdesc, 3, "topic", TEXTOID, -1, 0);
+	TupleDescInitEntry(tupdesc, 4, "state", BYTEAOID, -1, 0);
+	tupdesc = BlessTupleDesc(tupdesc);
+	tuple = heap_form_tuple(tupdesc, values, nulls);
+	EsParseEvent(tuple->t_data, NULL, false, 0, &ev);
+	PG_RETURN_INT64(EsAppend(application, &ev, 1, NULL, 0)[0]);
+}

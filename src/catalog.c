@@ -1,0 +1,200 @@
+/*
+ * catalog.c
+ *		The extension's tables, application look-up, and argument checks.
+ *
+ * The tables live in the extension's schema; their OIDs are looked up by name
+ * on each call (syscache hits), so DROP/CREATE EXTENSION needs no cache
+ * invalidation.  Reads and writes go straight to the heap and indexes, which
+ * bypasses the executor's permission checks, so every SQL entry point checks
+ * the caller's privilege on es_stored_events itself: table privileges are the
+ * extension's privilege model.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_namespace.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+
+#include "eventsourcing.h"
+
+static Oid
+EsRelid(Oid nsp, const char *relname)
+{
+	Oid			relid = get_relname_relid(relname, nsp);
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "eventsourcing: relation \"%s\" is missing from the extension's schema",
+			 relname);
+	return relid;
+}
+
+/* The schema of an extension (PostgreSQL 15 does not export this). */
+static Oid
+EsExtensionSchema(Oid ext)
+{
+	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			nsp = InvalidOid;
+
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(ext));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		nsp = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return nsp;
+}
+
+void
+EsLookupRelations(EsRelations *rels)
+{
+	Oid			ext = get_extension_oid("eventsourcing", true);
+
+	if (!OidIsValid(ext))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"eventsourcing\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION eventsourcing.")));
+	rels->namespace = EsExtensionSchema(ext);
+	rels->applications = EsRelid(rels->namespace, "es_applications");
+	rels->applications_name_idx = EsRelid(rels->namespace, "es_applications_name_key");
+	rels->events = EsRelid(rels->namespace, "es_stored_events");
+	rels->events_pkey = EsRelid(rels->namespace, "es_stored_events_pkey");
+	rels->events_version_idx = EsRelid(rels->namespace, "es_stored_events_version_key");
+	rels->tracking = EsRelid(rels->namespace, "es_tracking");
+	rels->watermarks = EsRelid(rels->namespace, "es_watermarks");
+	rels->watermarks_pkey = EsRelid(rels->namespace, "es_watermarks_pkey");
+}
+
+char *
+EsQualifiedName(const EsRelations *rels, const char *relname)
+{
+	return quote_qualified_identifier(get_namespace_name(rels->namespace), relname);
+}
+
+void
+EsCheckTablePrivilege(Oid relid, AclMode mode)
+{
+	AclResult	result = pg_class_aclcheck(relid, GetUserId(), mode);
+
+	if (result != ACLCHECK_OK)
+		aclcheck_error(result, OBJECT_TABLE, get_rel_name(relid));
+}
+
+/* The application argument: never NULL (callers are not STRICT). */
+text *
+EsArgApplication(FunctionCallInfo fcinfo, int argno)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("application must not be NULL")));
+	return PG_GETARG_TEXT_PP(argno);
+}
+
+/*
+ * The id of an application, or an error naming es_create_application.
+ *
+ * Uses the latest snapshot so that an application created by a transaction
+ * that committed after ours started (or earlier in ours) is found.
+ */
+int32
+EsLookupApplication(const EsRelations *rels, text *name)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tuple;
+	int32		app_id = 0;
+	bool		found = false;
+	Snapshot	snapshot;
+
+	rel = table_open(rels->applications, AccessShareLock);
+	ScanKeyInit(&key, 2, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(name));
+	key.sk_collation = C_COLLATION_OID;
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = systable_beginscan(rel, rels->applications_name_idx, true, snapshot, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+
+		app_id = DatumGetInt32(heap_getattr(tuple, 1, RelationGetDescr(rel), &isnull));
+		found = !isnull;
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+
+	if (!found)
+	{
+		char	   *cname = text_to_cstring(name);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("application \"%s\" does not exist", cname),
+				 errhint("Create it with es_create_application(%s).",
+						 quote_literal_cstr(cname))));
+	}
+	return app_id;
+}
+
+/*
+ * es_create_application(name text) RETURNS void
+ *
+ * Creating an application that exists is harmless.  Runs with the caller's
+ * privileges (INSERT on es_applications).
+ */
+PG_FUNCTION_INFO_V1(es_create_application);
+Datum
+es_create_application(PG_FUNCTION_ARGS)
+{
+	EsRelations rels;
+	text	   *name = EsArgApplication(fcinfo, 0);
+	Size		len = VARSIZE_ANY_EXHDR(name);
+	StringInfoData sql;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("application must not be empty")));
+	if (len > ES_MAX_APPLICATION_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("application name is too long"),
+				 errdetail("The name has %zu bytes; the limit is %d.",
+						   len, ES_MAX_APPLICATION_BYTES)));
+
+	EsLookupRelations(&rels);
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "INSERT INTO %s (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+					 EsQualifiedName(&rels, "es_applications"));
+	values[0] = PointerGetDatum(name);
+
+	SPI_connect();
+	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "eventsourcing: could not insert into es_applications");
+	SPI_finish();
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,74 @@
+/*
+ * eventsourcing.c
+ *		Module load: GUCs and shared memory.
+ *
+ * The append path needs shared memory (the id counters and the in-flight
+ * slots of ordering.c), so the library must be in shared_preload_libraries.
+ * Without it, reads still work and es_append says what to do.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+
+#include "eventsourcing.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static bool shmem_ready = false;
+
+int			es_max_applications = 1024;
+
+static void
+EsShmemRequest(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(EsOrderingShmemSize());
+	RequestNamedLWLockTranche("eventsourcing", 1);
+}
+
+static void
+EsShmemStartup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	EsOrderingShmemInit();
+	shmem_ready = true;
+}
+
+/* True when the library was preloaded and its shared memory exists. */
+bool
+EsSharedMemoryReady(void)
+{
+	return shmem_ready;
+}
+
+void
+_PG_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	DefineCustomIntVariable("eventsourcing.max_applications",
+							"Maximum number of applications (per cluster) that can be appended to since server start.",
+							"Each application that is appended to uses one id counter in shared memory.",
+							&es_max_applications,
+							1024, 16, 1000000,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	MarkGUCPrefixReserved("eventsourcing");
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = EsShmemRequest;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = EsShmemStartup;
+}

@@ -1,0 +1,93 @@
+/*
+ * eventsourcing.h
+ *		Declarations shared by the parts of the eventsourcing extension.
+ *
+ * Where things live:
+ *	eventsourcing.c	module load, GUCs, shared-memory set-up
+ *	catalog.c		the extension's tables, application look-up, input checks
+ *	ordering.c		the ordering protocol: id allocation and gap resolution
+ *	append.c		the append path (es_append)
+ *	read.c			the read path (es_select, es_events, ...)
+ */
+#ifndef EVENTSOURCING_H
+#define EVENTSOURCING_H
+
+#include "postgres.h"
+
+#include "utils/acl.h"
+#include "utils/rel.h"
+#include "utils/snapshot.h"
+#include "utils/uuid.h"
+
+/* Limits on user input, enforced with clear errors. */
+#define ES_MAX_TOPIC_BYTES			1024
+#define ES_MAX_APPLICATION_BYTES	255
+
+/* Column numbers of es_stored_events (1-based, as in the table). */
+#define Anum_es_application_id		1
+#define Anum_es_notification_id		2
+#define Anum_es_originator_id		3
+#define Anum_es_originator_version	4
+#define Anum_es_topic				5
+#define Anum_es_state				6
+#define Anum_es_recorded_at			7
+#define Natts_es_stored_events		7
+
+/* The OIDs of the extension's relations, looked up per call. */
+typedef struct EsRelations
+{
+	Oid			namespace;		/* the extension's schema */
+	Oid			applications;	/* es_applications */
+	Oid			applications_name_idx;
+	Oid			events;			/* es_stored_events */
+	Oid			events_pkey;	/* (application_id, notification_id) */
+	Oid			events_version_idx; /* (application_id, originator_id,
+									 * originator_version) */
+	Oid			tracking;		/* es_tracking */
+	Oid			watermarks;		/* es_watermarks */
+	Oid			watermarks_pkey;
+} EsRelations;
+
+/* catalog.c */
+extern void EsLookupRelations(EsRelations *rels);
+extern int32 EsLookupApplication(const EsRelations *rels, text *name);
+extern char *EsQualifiedName(const EsRelations *rels, const char *relname);
+extern void EsCheckTablePrivilege(Oid relid, AclMode mode);
+extern text *EsArgApplication(FunctionCallInfo fcinfo, int argno);
+
+/* eventsourcing.c */
+extern bool EsSharedMemoryReady(void);
+
+/* ordering.c */
+typedef struct EsCounter EsCounter;
+
+extern Size EsOrderingShmemSize(void);
+extern void EsOrderingShmemInit(void);
+extern EsCounter *EsGetCounter(const EsRelations *rels, int32 app_id);
+extern int64 EsBeginAllocation(EsCounter *counter, int count);
+extern void EsEndAllocation(void);
+
+/* Decides about missing ids for one es_select call. */
+typedef struct EsGapResolver
+{
+	const EsRelations *rels;
+	Relation	events;
+	Relation	pkey;
+	int32		app_id;
+	Snapshot	snapshot;		/* the reader's */
+	struct IndexScanDescData *scan; /* SnapshotAny probe, made on first use */
+	struct TupleTableSlot *slot;
+	bool		counter_known;
+	EsCounter  *counter;
+	bool		watermark_known;
+	int64		watermark;
+} EsGapResolver;
+
+extern void EsGapResolverInit(EsGapResolver *r, const EsRelations *rels,
+							  Relation events, Relation pkey, int32 app_id,
+							  Snapshot snapshot);
+extern bool EsGapIsPermanent(EsGapResolver *r, int64 id);
+extern void EsGapResolverEnd(EsGapResolver *r);
+extern int64 EsReadWatermark(const EsRelations *rels, int32 app_id);
+
+#endif							/* EVENTSOURCING_H */

@@ -1,0 +1,510 @@
+/*-------------------------------------------------------------------------
+ *
+ * ordering.c
+ *		The ordering protocol of the notification log.
+ *
+ * THE PROBLEM
+ *
+ * Every application has a notification log: all its events numbered 1, 2,
+ * 3, ...  Followers read it by id and remember the last id they processed.
+ * If id 11 becomes visible before id 10 commits, a follower that has moved
+ * past 10 never sees it.  The usual cures serialize every writer through its
+ * commit (a table lock, a counter row, an advisory lock held to commit), and
+ * then group commit is lost: one fsync per transaction for the whole server.
+ *
+ * THE PROTOCOL
+ *
+ * Writers are never serialized with each other (except writers of the same
+ * aggregate, who must be).  Instead, readers decide which ids are safe to
+ * return.  Three pieces of shared memory make that possible:
+ *
+ *	1. One counter per application (EsCounter, in a shared hash table keyed by
+ *	   database, events table and application).  An append of n events takes
+ *	   ids [first, first + n) with one atomic fetch-and-add.  No lock is held.
+ *
+ *	2. One slot per backend (EsSlot).  Before taking ids a writer publishes
+ *	   "allocating" in its slot; right after, the first id it got.  Once its
+ *	   heap and index tuples are inserted it clears the slot.  So at any
+ *	   moment, every id that has been handed out is either covered by a slot
+ *	   or has its tuple in the index (or its writer failed before inserting
+ *	   it, and then it never will).
+ *
+ *	3. Nothing else.  The tuple itself tells the rest: its xmin says whether
+ *	   the writing transaction is still in progress for the reader.
+ *
+ * A reader (es_select) scans the visible ids from `start` with its own MVCC
+ * snapshot.  When it finds id h while expecting g < h, each missing id in
+ * [g, h) is decided in turn (EsGapIsPermanent):
+ *
+ *	a. If a slot of the same application says "allocating", or holds a first
+ *	   id <= g, the writer of g may still be inserting it: stop here.
+ *	b. Otherwise look g up in the index with SnapshotAny.  A tuple whose xmin
+ *	   is in progress for the reader's snapshot (XidInMVCCSnapshot: running
+ *	   when the snapshot was taken, even if it has committed since) may become
+ *	   visible later: stop here.  A tuple whose transaction aborted, or no
+ *	   tuple at all, is a permanent gap: skip it.
+ *
+ * The page ends at the first id that is not safe.  A page therefore never
+ * contains an id above one that could still become visible, which is the
+ * ordering guarantee.  It holds for every isolation level, because the test
+ * is made against the reader's own snapshot.
+ *
+ * WHY THE CHECK IN (a) IS ENOUGH
+ *
+ * Suppose the reader saw h visible and g < h is missing.  The writer of h
+ * took its id after the writer of g took g (one counter), and committed
+ * before the reader's snapshot, which was taken before the slots are read.
+ * So when the reader reads the slots, g has been handed out, and its writer
+ * either still shows it in its slot (caught by a), or has cleared the slot
+ * after inserting the tuple (caught by b; the index insert and the buffer
+ * locks of the lookup order the two), or failed without inserting (a
+ * permanent gap: its transaction, or subtransaction, is aborting).  Slots
+ * are written with memory barriers: "allocating" is visible before the
+ * fetch-and-add (a full barrier), and the clear after the inserts.
+ *
+ * WHAT IT COSTS
+ *
+ * Writers: one fetch-and-add and three stores to their own cache line.
+ * Readers: nothing while there is no gap; at a gap, one pass over the slots
+ * and one index probe per missing id.  A writer transaction that stays open
+ * after appending holds readers back from its own first id onward, and from
+ * nothing before it.
+ *
+ * CONFLICTS COST NO ID
+ *
+ * es_append locks each aggregate it writes (a transaction-level advisory
+ * lock, so only writers of the same aggregate wait for each other) and checks
+ * versions before it takes ids.  A refused append has taken none.  Ids are
+ * lost only by appends that took them and then aborted.
+ *
+ * AFTER A RESTART
+ *
+ * The counter is set, on its first use, to one above the highest id of any
+ * tuple in the index (SnapshotAny: committed, aborted or prepared).  Every id
+ * a reader may have returned, or skipped, lies below a committed id, so no id
+ * is ever handed out twice to anything a reader could see.
+ *
+ * HOT STANDBY
+ *
+ * A standby has no slots: rule (a) cannot be checked there.  See the
+ * watermark section of README.md; on a standby a gap is only resolved below
+ * the watermark that the primary publishes through WAL.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/relscan.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/transam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "executor/tuptable.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/bufmgr.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/snapmgr.h"
+
+#include "eventsourcing.h"
+
+extern int	es_max_applications;
+
+/* A slot's pending value: idle, taking ids, or the first id being inserted. */
+#define ES_SLOT_IDLE		UINT64CONST(0)
+#define ES_SLOT_ALLOCATING	PG_UINT64_MAX
+
+typedef struct EsCounterKey
+{
+	Oid			dboid;
+	Oid			events_relid;	/* a new extension gets new counters */
+	int32		app_id;
+} EsCounterKey;
+
+struct EsCounter
+{
+	EsCounterKey key;
+	bool		initialized;	/* protected by the tranche's lock */
+	pg_atomic_uint64 next;		/* the next id to hand out */
+};
+
+typedef struct EsSlot
+{
+	EsCounter  *volatile counter;	/* whose ids; set while idle */
+	pg_atomic_uint64 pending;	/* ES_SLOT_* or the first id taken */
+	char		pad[PG_CACHE_LINE_SIZE - sizeof(void *) - sizeof(pg_atomic_uint64)];
+} EsSlot;
+
+typedef struct EsOrderingShared
+{
+	LWLock	   *lock;			/* protects the counters hash table */
+	int			nslots;
+	EsSlot		slots[FLEXIBLE_ARRAY_MEMBER];
+} EsOrderingShared;
+
+static EsOrderingShared *es_shared = NULL;
+static HTAB *es_counters = NULL;
+static bool es_exit_callback_registered = false;
+
+static int
+EsSlotCount(void)
+{
+	return MaxBackends;
+}
+
+Size
+EsOrderingShmemSize(void)
+{
+	Size		size;
+
+	size = add_size(offsetof(EsOrderingShared, slots),
+					mul_size(EsSlotCount(), sizeof(EsSlot)));
+	size = add_size(size, hash_estimate_size(es_max_applications, sizeof(EsCounter)));
+	return size;
+}
+
+void
+EsOrderingShmemInit(void)
+{
+	bool		found;
+	HASHCTL		info;
+	int			nslots = EsSlotCount();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	es_shared = ShmemInitStruct("eventsourcing ordering",
+								add_size(offsetof(EsOrderingShared, slots),
+										 mul_size(nslots, sizeof(EsSlot))),
+								&found);
+	if (!found)
+	{
+		es_shared->lock = &(GetNamedLWLockTranche("eventsourcing"))->lock;
+		es_shared->nslots = nslots;
+		for (int i = 0; i < nslots; i++)
+		{
+			es_shared->slots[i].counter = NULL;
+			pg_atomic_init_u64(&es_shared->slots[i].pending, ES_SLOT_IDLE);
+		}
+	}
+	info.keysize = sizeof(EsCounterKey);
+	info.entrysize = sizeof(EsCounter);
+	es_counters = ShmemInitHash("eventsourcing counters",
+								es_max_applications, es_max_applications,
+								&info, HASH_ELEM | HASH_BLOBS);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static EsSlot *
+EsMySlot(void)
+{
+	int			n = MyProc->pgprocno;
+
+	if (n < 0 || n >= es_shared->nslots)
+		elog(ERROR, "eventsourcing: this process (pgprocno %d) cannot append", n);
+	return &es_shared->slots[n];
+}
+
+static void
+EsClearSlotAtExit(int code, Datum arg)
+{
+	if (es_shared != NULL && MyProc != NULL)
+	{
+		EsSlot	   *slot = EsMySlot();
+
+		pg_write_barrier();
+		pg_atomic_write_u64(&slot->pending, ES_SLOT_IDLE);
+	}
+}
+
+static void
+EsMakeKey(EsCounterKey *key, const EsRelations *rels, int32 app_id)
+{
+	memset(key, 0, sizeof(*key));
+	key->dboid = MyDatabaseId;
+	key->events_relid = rels->events;
+	key->app_id = app_id;
+}
+
+/* The highest id of any tuple of the application, committed or not; 0 if none. */
+static int64
+EsHighestIdEver(const EsRelations *rels, int32 app_id)
+{
+	Relation	events = table_open(rels->events, AccessShareLock);
+	Relation	pkey = index_open(rels->events_pkey, AccessShareLock);
+	IndexScanDesc scan;
+	ScanKeyData key;
+	TupleTableSlot *slot = table_slot_create(events, NULL);
+	int64		highest = 0;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	scan = index_beginscan(events, pkey, SnapshotAny, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	if (index_getnext_slot(scan, BackwardScanDirection, slot))
+	{
+		bool		isnull;
+		Datum		d = slot_getattr(slot, Anum_es_notification_id, &isnull);
+
+		if (!isnull)
+			highest = DatumGetInt64(d);
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(pkey, AccessShareLock);
+	table_close(events, AccessShareLock);
+	return highest;
+}
+
+static EsCounter *
+EsFindCounter(const EsCounterKey *key)
+{
+	EsCounter  *counter;
+
+	LWLockAcquire(es_shared->lock, LW_SHARED);
+	counter = hash_search(es_counters, key, HASH_FIND, NULL);
+	if (counter != NULL && !counter->initialized)
+		counter = NULL;
+	LWLockRelease(es_shared->lock);
+	return counter;
+}
+
+/*
+ * The id counter of an application, set up on first use since server start.
+ * Errors out (with a hint) when the library was not preloaded.
+ */
+EsCounter *
+EsGetCounter(const EsRelations *rels, int32 app_id)
+{
+	EsCounterKey key;
+	EsCounter  *counter;
+	int64		highest;
+	bool		found;
+
+	if (!EsSharedMemoryReady())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("es_append requires eventsourcing to be loaded via shared_preload_libraries"),
+				 errdetail("The notification log's id counters and ordering slots live in shared memory."),
+				 errhint("Add eventsourcing to shared_preload_libraries in postgresql.conf and restart the server.")));
+
+	if (!es_exit_callback_registered)
+	{
+		before_shmem_exit(EsClearSlotAtExit, (Datum) 0);
+		es_exit_callback_registered = true;
+	}
+
+	EsMakeKey(&key, rels, app_id);
+	counter = EsFindCounter(&key);
+	if (counter != NULL)
+		return counter;
+
+	/*
+	 * Read the highest id before taking the lock (index scans must not run
+	 * under an LWLock).  Nobody can take ids of this application until the
+	 * counter is initialized, so the value cannot be stale; if another backend
+	 * initializes first, its value wins and ours is dropped.
+	 */
+	highest = EsHighestIdEver(rels, app_id);
+
+	LWLockAcquire(es_shared->lock, LW_EXCLUSIVE);
+	counter = hash_search(es_counters, &key, HASH_ENTER_NULL, &found);
+	if (counter == NULL)
+	{
+		LWLockRelease(es_shared->lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many applications have been appended to since the server started"),
+				 errhint("Raise eventsourcing.max_applications (currently %d) and restart the server.",
+						 es_max_applications)));
+	}
+	if (!found || !counter->initialized)
+	{
+		pg_atomic_init_u64(&counter->next, (uint64) highest + 1);
+		counter->initialized = true;
+	}
+	LWLockRelease(es_shared->lock);
+	return counter;
+}
+
+/*
+ * Take `count` consecutive ids.  The caller must insert their tuples and then
+ * call EsEndAllocation, also on error.
+ */
+int64
+EsBeginAllocation(EsCounter *counter, int count)
+{
+	EsSlot	   *slot = EsMySlot();
+	uint64		first;
+
+	Assert(pg_atomic_read_u64(&slot->pending) == ES_SLOT_IDLE);
+	slot->counter = counter;
+	pg_write_barrier();
+	pg_atomic_write_u64(&slot->pending, ES_SLOT_ALLOCATING);
+	/* fetch-and-add is a full barrier: "allocating" is seen before the id */
+	first = pg_atomic_fetch_add_u64(&counter->next, (uint64) count);
+	pg_atomic_write_u64(&slot->pending, first);
+	return (int64) first;
+}
+
+/* The tuples of the ids taken are in the index (or never will be). */
+void
+EsEndAllocation(void)
+{
+	EsSlot	   *slot = EsMySlot();
+
+	pg_write_barrier();
+	pg_atomic_write_u64(&slot->pending, ES_SLOT_IDLE);
+}
+
+/*
+ * Rule (a): may a writer still be inserting `id`?  Conservative: a slot of
+ * the same application whose first id is <= id counts, whatever its length.
+ */
+static bool
+EsIdMayBeInFlight(EsCounter *counter, int64 id)
+{
+	for (int i = 0; i < es_shared->nslots; i++)
+	{
+		EsSlot	   *slot = &es_shared->slots[i];
+		uint64		pending = pg_atomic_read_u64(&slot->pending);
+
+		if (pending == ES_SLOT_IDLE)
+			continue;
+		pg_read_barrier();
+		if (slot->counter != counter)
+			continue;
+		if (pending == ES_SLOT_ALLOCATING || pending <= (uint64) id)
+			return true;
+	}
+	return false;
+}
+
+void
+EsGapResolverInit(EsGapResolver *r, const EsRelations *rels, Relation events,
+				  Relation pkey, int32 app_id, Snapshot snapshot)
+{
+	memset(r, 0, sizeof(*r));
+	r->rels = rels;
+	r->events = events;
+	r->pkey = pkey;
+	r->app_id = app_id;
+	r->snapshot = snapshot;
+}
+
+void
+EsGapResolverEnd(EsGapResolver *r)
+{
+	if (r->scan)
+		index_endscan(r->scan);
+	if (r->slot)
+		ExecDropSingleTupleTableSlot(r->slot);
+	r->scan = NULL;
+	r->slot = NULL;
+}
+
+/*
+ * Is the missing id `id` a permanent gap for the reader's snapshot?  False
+ * means it may still become visible, and the reader must stop before it.
+ */
+bool
+EsGapIsPermanent(EsGapResolver *r, int64 id)
+{
+	ScanKeyData keys[2];
+	bool		permanent = true;
+
+	if (RecoveryInProgress())
+	{
+		/* No slots on a standby: only ids below the watermark are decidable. */
+		if (!r->watermark_known)
+		{
+			r->watermark = EsReadWatermark(r->rels, r->app_id);
+			r->watermark_known = true;
+		}
+		if (id > r->watermark)
+			return false;
+	}
+	else if (EsSharedMemoryReady())
+	{
+		if (!r->counter_known)
+		{
+			EsCounterKey key;
+
+			EsMakeKey(&key, r->rels, r->app_id);
+			r->counter = EsFindCounter(&key);
+			r->counter_known = true;
+		}
+		/* No counter: nobody has taken ids of this application since start. */
+		if (r->counter != NULL && EsIdMayBeInFlight(r->counter, id))
+			return false;
+	}
+
+	/* Rule (b): what does the tuple itself say? */
+	if (r->scan == NULL)
+	{
+		r->scan = index_beginscan(r->events, r->pkey, SnapshotAny, 2, 0);
+		r->slot = table_slot_create(r->events, NULL);
+	}
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(r->app_id));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
+	index_rescan(r->scan, keys, 2, NULL, 0);
+	while (index_getnext_slot(r->scan, ForwardScanDirection, r->slot))
+	{
+		BufferHeapTupleTableSlot *bslot = (BufferHeapTupleTableSlot *) r->slot;
+		TransactionId xmin;
+
+		LockBuffer(bslot->buffer, BUFFER_LOCK_SHARE);
+		xmin = HeapTupleHeaderGetXmin(bslot->base.tuple->t_data);
+		LockBuffer(bslot->buffer, BUFFER_LOCK_UNLOCK);
+
+		/* Frozen: committed long ago, and invisible only if deleted. */
+		if (!TransactionIdIsNormal(xmin))
+			continue;
+		if (TransactionIdIsCurrentTransactionId(xmin) ||
+			XidInMVCCSnapshot(xmin, r->snapshot))
+		{
+			permanent = false;
+			break;
+		}
+		/* Ended before the snapshot and still invisible: aborted (or deleted). */
+	}
+	return permanent;
+}
+
+/*
+ * The watermark the primary published for an application: every id at or
+ * below it had its tuple inserted before the watermark was written (or never
+ * will).  Read with the latest snapshot; 0 when none was published.
+ */
+int64
+EsReadWatermark(const EsRelations *rels, int32 app_id)
+{
+	Relation	rel = table_open(rels->watermarks, AccessShareLock);
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tuple;
+	int64		watermark = 0;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	scan = systable_beginscan(rel, rels->watermarks_pkey, true, snapshot, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, 2, RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			watermark = DatumGetInt64(d);
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+	return watermark;
+}

@@ -1,0 +1,373 @@
+/*
+ * read.c
+ *		The read path: the notification log (es_select), one aggregate's events
+ *		(es_events), the log's head and tracking positions.
+ *
+ * es_select walks the primary key (application_id, notification_id) with the
+ * caller's snapshot and asks ordering.c about every missing id; it never
+ * returns an id above one that could still become visible.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+
+#include "eventsourcing.h"
+
+/* The topics filter: a sorted array of text, searched with bsearch. */
+typedef struct EsTopicFilter
+{
+	int			n;
+	text	  **topics;
+} EsTopicFilter;
+
+static int
+EsCompareText(const void *a, const void *b)
+{
+	text	   *ta = *(text *const *) a;
+	text	   *tb = *(text *const *) b;
+	int			la = VARSIZE_ANY_EXHDR(ta);
+	int			lb = VARSIZE_ANY_EXHDR(tb);
+	int			c = memcmp(VARDATA_ANY(ta), VARDATA_ANY(tb), Min(la, lb));
+
+	if (c != 0)
+		return c;
+	return (la > lb) - (la < lb);
+}
+
+static void
+EsParseTopics(FunctionCallInfo fcinfo, int argno, EsTopicFilter *filter)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	filter->n = -1;				/* no filter */
+	if (PG_ARGISNULL(argno))
+		return;
+	arr = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("topics must be a one-dimensional array")));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	filter->topics = palloc(sizeof(text *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("topics[%d] must not be NULL", i + 1)));
+		filter->topics[i] = DatumGetTextPP(elems[i]);
+	}
+	filter->n = n;
+	qsort(filter->topics, n, sizeof(text *), EsCompareText);
+}
+
+static bool
+EsTopicMatches(const EsTopicFilter *filter, Datum topic)
+{
+	text	   *t;
+
+	if (filter->n < 0)
+		return true;
+	t = DatumGetTextPP(topic);
+	return bsearch(&t, filter->topics, filter->n, sizeof(text *), EsCompareText) != NULL;
+}
+
+static int64
+EsArgInt64(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", name)));
+	return PG_GETARG_INT64(argno);
+}
+
+static void
+EsCheckMaxCount(int32 max_count)
+{
+	if (max_count <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_count must be positive"),
+				 errdetail("The given max_count is %d.", max_count)));
+}
+
+/*
+ * es_select(application text, start bigint, max_count int, stop bigint,
+ *			 topics text[]) RETURNS SETOF es_notification
+ */
+PG_FUNCTION_INFO_V1(es_select);
+Datum
+es_select(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	text	   *application = EsArgApplication(fcinfo, 0);
+	int64		start = EsArgInt64(fcinfo, 1, "start");
+	int32		max_count;
+	bool		has_stop = !PG_ARGISNULL(3);
+	int64		stop = has_stop ? PG_GETARG_INT64(3) : PG_INT64_MAX;
+	EsTopicFilter filter;
+	EsRelations rels;
+	int32		app_id;
+	Relation	events;
+	Relation	pkey;
+	Snapshot	snapshot;
+	IndexScanDesc scan;
+	ScanKeyData keys[3];
+	TupleTableSlot *slot;
+	EsGapResolver resolver;
+	int64		expected;
+	int			count = 0;
+
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("max_count must not be NULL")));
+	max_count = PG_GETARG_INT32(2);
+	EsCheckMaxCount(max_count);
+	if (start < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("start must be at least 1"),
+				 errdetail("The given start is " INT64_FORMAT "; notification ids start at 1.", start)));
+	EsParseTopics(fcinfo, 4, &filter);
+
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (stop < start)
+		return (Datum) 0;
+
+	events = table_open(rels.events, AccessShareLock);
+	pkey = index_open(rels.events_pkey, AccessShareLock);
+	snapshot = RegisterSnapshot(GetActiveSnapshot());
+	EsGapResolverInit(&resolver, &rels, events, pkey, app_id, snapshot);
+
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	ScanKeyInit(&keys[1], 2, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(start));
+	ScanKeyInit(&keys[2], 2, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(stop));
+	scan = index_beginscan(events, pkey, snapshot, 3, 0);
+	index_rescan(scan, keys, 3, NULL, 0);
+	slot = table_slot_create(events, NULL);
+
+	expected = start;
+	while (count < max_count && index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
+		bool		isnull;
+		int64		id = DatumGetInt64(slot_getattr(slot, Anum_es_notification_id, &isnull));
+		bool		blocked = false;
+
+		/* The ordering protocol: never pass an id that may still appear. */
+		for (int64 g = expected; g < id; g++)
+		{
+			if (!EsGapIsPermanent(&resolver, g))
+			{
+				blocked = true;
+				break;
+			}
+		}
+		if (blocked)
+			break;
+		expected = id + 1;
+
+		slot_getallattrs(slot);
+		if (!EsTopicMatches(&filter, slot->tts_values[Anum_es_topic - 1]))
+			continue;
+		values[0] = Int64GetDatum(id);
+		values[1] = slot->tts_values[Anum_es_originator_id - 1];
+		values[2] = slot->tts_values[Anum_es_originator_version - 1];
+		values[3] = slot->tts_values[Anum_es_topic - 1];
+		values[4] = slot->tts_values[Anum_es_state - 1];
+		values[5] = slot->tts_values[Anum_es_recorded_at - 1];
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		count++;
+	}
+
+	EsGapResolverEnd(&resolver);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(pkey, AccessShareLock);
+	table_close(events, AccessShareLock);
+	return (Datum) 0;
+}
+
+/*
+ * es_events(application text, originator_id uuid, gt bigint, lte bigint,
+ *			 descending boolean, max_count int) RETURNS SETOF es_stored_event
+ */
+PG_FUNCTION_INFO_V1(es_events);
+Datum
+es_events(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	text	   *application = EsArgApplication(fcinfo, 0);
+	bool		has_gt = !PG_ARGISNULL(2);
+	bool		has_lte = !PG_ARGISNULL(3);
+	bool		descending = PG_ARGISNULL(4) ? false : PG_GETARG_BOOL(4);
+	int32		max_count = PG_ARGISNULL(5) ? PG_INT32_MAX : PG_GETARG_INT32(5);
+	pg_uuid_t  *originator_id;
+	EsRelations rels;
+	int32		app_id;
+	Relation	events;
+	Relation	idx;
+	IndexScanDesc scan;
+	ScanKeyData keys[4];
+	int			nkeys = 2;
+	TupleTableSlot *slot;
+	Snapshot	snapshot;
+	int			count = 0;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("originator_id must not be NULL")));
+	originator_id = PG_GETARG_UUID_P(1);
+	if (!PG_ARGISNULL(5))
+		EsCheckMaxCount(max_count);
+
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+	InitMaterializedSRF(fcinfo, 0);
+
+	events = table_open(rels.events, AccessShareLock);
+	idx = index_open(rels.events_version_idx, AccessShareLock);
+	snapshot = RegisterSnapshot(GetActiveSnapshot());
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
+	if (has_gt)
+		ScanKeyInit(&keys[nkeys++], 3, BTGreaterStrategyNumber, F_INT8GT, PG_GETARG_DATUM(2));
+	if (has_lte)
+		ScanKeyInit(&keys[nkeys++], 3, BTLessEqualStrategyNumber, F_INT8LE, PG_GETARG_DATUM(3));
+	scan = index_beginscan(events, idx, snapshot, nkeys, 0);
+	index_rescan(scan, keys, nkeys, NULL, 0);
+	slot = table_slot_create(events, NULL);
+
+	while (count < max_count &&
+		   index_getnext_slot(scan, descending ? BackwardScanDirection : ForwardScanDirection, slot))
+	{
+		Datum		values[5];
+		bool		nulls[5] = {false, false, false, false, false};
+
+		slot_getallattrs(slot);
+		values[0] = slot->tts_values[Anum_es_originator_id - 1];
+		values[1] = slot->tts_values[Anum_es_originator_version - 1];
+		values[2] = slot->tts_values[Anum_es_topic - 1];
+		values[3] = slot->tts_values[Anum_es_state - 1];
+		values[4] = slot->tts_values[Anum_es_recorded_at - 1];
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		count++;
+	}
+
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(idx, AccessShareLock);
+	table_close(events, AccessShareLock);
+	return (Datum) 0;
+}
+
+/* es_max_notification_id(application text) RETURNS bigint */
+PG_FUNCTION_INFO_V1(es_max_notification_id);
+Datum
+es_max_notification_id(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	EsRelations rels;
+	int32		app_id;
+	Relation	events;
+	Relation	pkey;
+	IndexScanDesc scan;
+	ScanKeyData key;
+	TupleTableSlot *slot;
+	Snapshot	snapshot;
+	bool		found = false;
+	int64		id = 0;
+
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+
+	events = table_open(rels.events, AccessShareLock);
+	pkey = index_open(rels.events_pkey, AccessShareLock);
+	snapshot = RegisterSnapshot(GetActiveSnapshot());
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	scan = index_beginscan(events, pkey, snapshot, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	slot = table_slot_create(events, NULL);
+	if (index_getnext_slot(scan, BackwardScanDirection, slot))
+	{
+		bool		isnull;
+
+		id = DatumGetInt64(slot_getattr(slot, Anum_es_notification_id, &isnull));
+		found = true;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(pkey, AccessShareLock);
+	table_close(events, AccessShareLock);
+
+	if (!found)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(id);
+}
+
+/* es_tracking_position(application text, upstream_application text) RETURNS bigint */
+PG_FUNCTION_INFO_V1(es_tracking_position);
+Datum
+es_tracking_position(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	EsRelations rels;
+	int32		app_id;
+	StringInfoData sql;
+	Oid			argtypes[2] = {INT4OID, TEXTOID};
+	Datum		values[2];
+	bool		isnull = true;
+	Datum		result = (Datum) 0;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("upstream_application must not be NULL")));
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	values[0] = Int32GetDatum(app_id);
+	values[1] = PG_GETARG_DATUM(1);
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT notification_id FROM %s WHERE application_id = $1 AND upstream_application = $2",
+					 EsQualifiedName(&rels, "es_tracking"));
+	SPI_connect();
+	if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "eventsourcing: could not read es_tracking");
+	if (SPI_processed == 1)
+		result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	SPI_finish();
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(DatumGetInt64(result));
+}

@@ -1,0 +1,111 @@
+# Shared by the project's scripts: paths, packages, build, private clusters.
+# Sourced, not run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+PG_MAJOR=15
+PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
+PGXS_DIR="/usr/lib/postgresql/$PG_MAJOR/lib/pgxs"
+PG_USER=postgres
+PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-client-$PG_MAJOR
+          build-essential zlib1g-dev libssl-dev libipc-run-perl python3-psycopg)
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Installs the Debian packages that are missing (needs root and apt).
+ensure_packages() {
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "missing packages: ${missing[*]} (run as root to install them)" >&2
+            exit 1
+        fi
+        log "installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    # Debian's package creates a system cluster; ours never use it.
+    id "$PG_USER" >/dev/null 2>&1 || { echo "user $PG_USER is missing" >&2; exit 1; }
+}
+
+build_and_install() {
+    log "building and installing the extension"
+    make -C "$ROOT" -s PG_CONFIG="$PG_BIN/pg_config" all >/dev/null
+    make -C "$ROOT" -s PG_CONFIG="$PG_BIN/pg_config" install >/dev/null
+}
+
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u "$PG_USER" -- "$@"; else "$@"; fi; }
+
+# Where cluster NAME lives: under the checkout if the postgres user can reach
+# it, else under /tmp (a checkout in /root, say).
+cluster_dir() {
+    local name=$1
+    if as_pg test -x "$ROOT" 2>/dev/null && as_pg test -r "$ROOT/Makefile" 2>/dev/null; then
+        echo "$ROOT/.cluster/$name"
+    else
+        echo "/tmp/eventsourcing-$(printf '%s' "$ROOT" | md5sum | cut -c1-8)/$name"
+    fi
+}
+
+cluster_port() {
+    case $1 in
+        demo) echo 54329 ;;
+        test) echo 54328 ;;
+        bench) echo 54327 ;;
+        *) echo 54326 ;;
+    esac
+}
+
+# Exports what psql, pg_regress and friends need to reach cluster NAME.
+cluster_env() {
+    local dir; dir=$(cluster_dir "$1")
+    export PGHOST="$dir/socket" PGPORT; PGPORT=$(cluster_port "$1")
+    export PGUSER="$PG_USER"
+    export PATH="$PG_BIN:$PATH"
+}
+
+cluster_running() {
+    local dir; dir=$(cluster_dir "$1")
+    [ -f "$dir/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1
+}
+
+cluster_stop() {
+    local dir; dir=$(cluster_dir "$1")
+    if cluster_running "$1"; then
+        as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    fi
+}
+
+# Creates (if needed, or always with "fresh") and starts cluster NAME.
+cluster_start() {
+    local name=$1 fresh=${2:-} dir port
+    dir=$(cluster_dir "$name"); port=$(cluster_port "$name")
+    cluster_stop "$name"
+    if [ "$fresh" = fresh ] || [ ! -f "$dir/data/PG_VERSION" ]; then
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        chown "$PG_USER" "$dir" 2>/dev/null || true
+        chmod 700 "$dir"
+        # The parent must be reachable by the postgres user.
+        chmod o+x "$(dirname "$dir")" 2>/dev/null || true
+        as_pg mkdir -p "$dir/socket"
+        as_pg "$PG_BIN/initdb" -D "$dir/data" -U "$PG_USER" --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+            || { cat "$dir/initdb.log" >&2; exit 1; }
+        as_pg tee -a "$dir/data/postgresql.conf" >/dev/null <<CONF
+# eventsourcing private cluster ($name)
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$dir/socket'
+shared_preload_libraries = 'eventsourcing'
+max_connections = 100
+max_prepared_transactions = 10
+logging_collector = off
+CONF
+    fi
+    log "starting cluster '$name' in $dir (port $port)"
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null \
+        || { tail -20 "$dir/server.log" >&2; exit 1; }
+}
