@@ -55,6 +55,8 @@ cluster_port() {
         demo) echo 54329 ;;
         test) echo 54328 ;;
         bench) echo 54327 ;;
+        client) echo 54325 ;;
+        iso) echo 54324 ;;
         *) echo 54326 ;;
     esac
 }

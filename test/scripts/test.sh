@@ -1,0 +1,98 @@
+#!/bin/bash
+# make test: installs what is missing, builds and installs the extension, then
+# runs the whole suite on a throwaway cluster.  Exits non-zero on any failure.
+# Ends with a line "N passed, N failed".
+source "$(dirname "$0")/common.sh"
+
+ensure_packages
+build_and_install
+cluster_start test fresh
+cluster_env test
+OUT="$(cluster_dir test)/out"
+mkdir -p "$OUT"
+trap 'cluster_stop test' EXIT
+
+PASSED=0
+FAILED=0
+FAILURES=()
+
+# Counts pg_regress-style result lines ("... ok", "... FAILED") of a log.
+count_regress() {
+    local logf=$1 what=$2 ok bad
+    ok=$(grep -cE '\.\.\. ok|^ok [0-9]+' "$logf" || true)
+    bad=$(grep -cE '\.\.\. FAILED|^not ok [0-9]+' "$logf" || true)
+    PASSED=$((PASSED + ok)); FAILED=$((FAILED + bad))
+    if [ "$bad" -gt 0 ]; then FAILURES+=("$what"); fi
+}
+
+# --- pg_regress: sql/*.sql against expected/*.out ---------------------------
+log "pg_regress"
+REGRESS_TESTS=$(cd "$ROOT/sql" && ls *.sql | grep -v '^eventsourcing--' | sed 's/\.sql$//' | sort)
+set +e
+"$PGXS_DIR/src/test/regress/pg_regress" --use-existing --bindir="$PG_BIN" \
+    --inputdir="$ROOT" --outputdir="$OUT/regress" --dbname=es_regress \
+    $REGRESS_TESTS 2>&1 | tee "$OUT/regress.log"
+rc=${PIPESTATUS[0]}
+set -e
+count_regress "$OUT/regress.log" pg_regress
+if [ "$rc" -ne 0 ]; then
+    [ -f "$OUT/regress/regression.diffs" ] && head -200 "$OUT/regress/regression.diffs"
+    grep -qE 'FAILED' "$OUT/regress.log" || { FAILED=$((FAILED + 1)); FAILURES+=(pg_regress); }
+fi
+
+# --- pg_isolation_regress: test/isolation/specs/*.spec ------------------------
+log "pg_isolation_regress"
+ISO_TESTS=$(cd "$ROOT/test/isolation/specs" && ls *.spec | sed 's/\.spec$//' | sort)
+set +e
+"$PGXS_DIR/src/test/isolation/pg_isolation_regress" --use-existing --bindir="$PG_BIN" \
+    --inputdir="$ROOT/test/isolation" --outputdir="$OUT/isolation" --dbname=es_isolation \
+    $ISO_TESTS 2>&1 | tee "$OUT/isolation.log"
+rc=${PIPESTATUS[0]}
+set -e
+count_regress "$OUT/isolation.log" isolation
+if [ "$rc" -ne 0 ]; then
+    [ -f "$OUT/isolation/regression.diffs" ] && head -200 "$OUT/isolation/regression.diffs"
+    grep -qE 'FAILED' "$OUT/isolation.log" || { FAILED=$((FAILED + 1)); FAILURES+=(isolation); }
+fi
+
+# --- client tests: a real driver (Debian's python3-psycopg) ------------------
+for t in "$ROOT"/test/client/test_*.py; do
+    [ -e "$t" ] || continue
+    name=$(basename "$t" .py)
+    log "client test $name"
+    set +e
+    ES_TEST_DSN="host=$PGHOST port=$PGPORT user=$PGUSER dbname=postgres" \
+        /usr/bin/python3 "$t" -v >"$OUT/$name.log" 2>&1
+    rc=$?
+    set -e
+    cat "$OUT/$name.log"
+    ok=$(grep -cE ' \.\.\. ok$' "$OUT/$name.log" || true)
+    bad=$(grep -cE ' \.\.\. (FAIL|ERROR)$' "$OUT/$name.log" || true)
+    if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
+    PASSED=$((PASSED + ok)); FAILED=$((FAILED + bad))
+    [ "$bad" -eq 0 ] || FAILURES+=("$name")
+done
+
+# --- TAP tests: their own clusters (stress, standby, crash) -------------------
+if ls "$ROOT"/test/t/*.pl >/dev/null 2>&1; then
+    log "TAP tests"
+    cluster_stop test
+    TAPDIR="$OUT/tap"
+    rm -rf "$TAPDIR"; mkdir -p "$TAPDIR"; chown "$PG_USER" "$TAPDIR"
+    set +e
+    as_pg env -C "$TAPDIR" PATH="$PG_BIN:$PATH" PG_REGRESS="$PGXS_DIR/src/test/regress/pg_regress" \
+        ES_ROOT="$ROOT" \
+        prove -v -I "$PGXS_DIR/src/test/perl" -I "$ROOT/test/t" "$ROOT"/test/t/*.pl 2>&1 | tee "$OUT/tap.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    ok=$(grep -cE '^ok [0-9]+' "$OUT/tap.log" || true)
+    bad=$(grep -cE '^not ok [0-9]+' "$OUT/tap.log" || true)
+    if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
+    PASSED=$((PASSED + ok)); FAILED=$((FAILED + bad))
+    [ "$bad" -eq 0 ] || FAILURES+=(tap)
+fi
+
+echo
+[ ${#FAILURES[@]} -eq 0 ] || echo "failed: ${FAILURES[*]}"
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
