@@ -45,6 +45,8 @@ CREATE TABLE @extschema@.es_applications (
     name        text COLLATE "C" NOT NULL CONSTRAINT es_applications_name_key UNIQUE,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+COMMENT ON SEQUENCE @extschema@.es_applications_id_seq IS
+    'Numbers applications (es_applications.id).';
 COMMENT ON TABLE @extschema@.es_applications IS
     'Applications of this database, each with its own aggregates and notification log. Create rows with es_create_application.';
 

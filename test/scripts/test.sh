@@ -27,6 +27,9 @@ count_regress() {
 
 # --- pg_regress: sql/*.sql against expected/*.out ---------------------------
 log "pg_regress"
+# pg_regress --use-existing neither drops nor creates its database.
+fresh_db() { "$PG_BIN/dropdb" --if-exists "$1" && "$PG_BIN/createdb" "$1"; }
+fresh_db es_regress
 REGRESS_TESTS=$(cd "$ROOT/sql" && ls *.sql | grep -v '^eventsourcing--' | sed 's/\.sql$//' | sort)
 set +e
 "$PGXS_DIR/src/test/regress/pg_regress" --use-existing --bindir="$PG_BIN" \
@@ -42,6 +45,7 @@ fi
 
 # --- pg_isolation_regress: test/isolation/specs/*.spec ------------------------
 log "pg_isolation_regress"
+fresh_db es_isolation
 ISO_TESTS=$(cd "$ROOT/test/isolation/specs" && ls *.spec | sed 's/\.spec$//' | sort)
 set +e
 "$PGXS_DIR/src/test/isolation/pg_isolation_regress" --use-existing --bindir="$PG_BIN" \

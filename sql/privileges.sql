@@ -1,0 +1,45 @@
+-- Privileges: the table privileges on es_stored_events govern the functions,
+-- which read and write the table directly.
+CREATE EXTENSION IF NOT EXISTS eventsourcing;
+\set VERBOSITY default
+SELECT es_create_application('priv');
+SELECT es_append('priv', '00000000-0000-0000-0000-000000000001', 1, 'Created', '');
+
+CREATE ROLE es_test_nobody;
+CREATE ROLE es_test_reader;
+CREATE ROLE es_test_writer;
+GRANT SELECT ON es_stored_events TO es_test_reader;
+GRANT SELECT, INSERT ON es_stored_events TO es_test_writer;
+GRANT SELECT, INSERT, UPDATE ON es_tracking TO es_test_writer;
+
+SET ROLE es_test_nobody;
+SELECT id FROM es_select('priv', 1, 10);
+\echo :LAST_ERROR_SQLSTATE
+SELECT originator_version FROM es_events('priv', '00000000-0000-0000-0000-000000000001');
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_append('priv', '00000000-0000-0000-0000-000000000001', 2, 'Changed', '');
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_create_application('mine');
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM es_stored_events;
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+
+SET ROLE es_test_reader;
+SELECT id FROM es_select('priv', 1, 10);
+SELECT originator_version FROM es_events('priv', '00000000-0000-0000-0000-000000000001');
+SELECT es_max_notification_id('priv');
+SELECT es_append('priv', '00000000-0000-0000-0000-000000000001', 2, 'Changed', '');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+
+SET ROLE es_test_writer;
+SELECT es_append('priv', '00000000-0000-0000-0000-000000000001', 2, 'Changed', '');
+SELECT es_append('priv', ARRAY[]::es_event[], 'upstream', 1);
+SELECT es_tracking_position('priv', 'upstream');
+RESET ROLE;
+
+SELECT id, originator_version FROM es_select('priv', 1, 10);
+
+DROP OWNED BY es_test_nobody, es_test_reader, es_test_writer;
+DROP ROLE es_test_nobody, es_test_reader, es_test_writer;
