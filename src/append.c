@@ -362,6 +362,7 @@ EsInsertEvents(const EsRelations *rels, Relation events, int32 app_id,
 		EsEndAllocation();
 	}
 	PG_END_TRY();
+	EsWakeWorker();
 
 	ExecDropSingleTupleTableSlot(slot);
 	ExecCloseIndices(rri);

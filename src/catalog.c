@@ -63,6 +63,16 @@ EsExtensionSchema(Oid ext)
 	return nsp;
 }
 
+/* For the worker: false when the extension is not installed here. */
+bool
+EsLookupRelationsIfInstalled(EsRelations *rels)
+{
+	if (!OidIsValid(get_extension_oid("eventsourcing", true)))
+		return false;
+	EsLookupRelations(rels);
+	return true;
+}
+
 void
 EsLookupRelations(EsRelations *rels)
 {

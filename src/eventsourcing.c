@@ -32,8 +32,8 @@ EsShmemRequest(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(EsOrderingShmemSize());
-	RequestNamedLWLockTranche("eventsourcing", 1);
+	RequestAddinShmemSpace(add_size(EsOrderingShmemSize(), EsWorkerShmemSize()));
+	RequestNamedLWLockTranche("eventsourcing", 2);
 }
 
 static void
@@ -42,6 +42,7 @@ EsShmemStartup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	EsOrderingShmemInit();
+	EsWorkerShmemInit();
 	shmem_ready = true;
 }
 
@@ -64,6 +65,13 @@ _PG_init(void)
 							&es_max_applications,
 							1024, 16, 1000000,
 							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("eventsourcing.worker_naptime",
+							"How often, at most, the eventsourcing worker looks for new events when not woken.",
+							NULL,
+							&es_worker_naptime,
+							20, 1, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("eventsourcing");
 

@@ -90,4 +90,22 @@ extern bool EsGapIsPermanent(EsGapResolver *r, int64 id);
 extern void EsGapResolverEnd(EsGapResolver *r);
 extern int64 EsReadWatermark(const EsRelations *rels, int32 app_id);
 
+typedef struct EsCounterRef
+{
+	EsCounter  *counter;
+	Oid			events_relid;
+	int32		app_id;
+} EsCounterRef;
+
+extern int64 EsComputeWatermark(EsCounter *counter);
+extern int	EsCountersOfDatabase(Oid dboid, EsCounterRef *refs, int max);
+
+/* worker.c */
+extern int	es_max_applications;
+extern int	es_worker_naptime;
+extern Size EsWorkerShmemSize(void);
+extern void EsWorkerShmemInit(void);
+extern void EsWakeWorker(void);
+extern bool EsLookupRelationsIfInstalled(EsRelations *rels);
+
 #endif							/* EVENTSOURCING_H */

@@ -117,7 +117,6 @@
 
 #include "eventsourcing.h"
 
-extern int	es_max_applications;
 
 /* A slot's pending value: idle, taking ids, or the first id being inserted. */
 #define ES_SLOT_IDLE		UINT64CONST(0)
@@ -507,4 +506,68 @@ EsReadWatermark(const EsRelations *rels, int32 app_id)
 	UnregisterSnapshot(snapshot);
 	table_close(rel, AccessShareLock);
 	return watermark;
+}
+
+/*
+ * THE WATERMARK (for hot standbys)
+ *
+ * The highest id W of a counter such that every id <= W has had its tuple
+ * inserted, or never will: one below the first id still covered by a slot,
+ * or one below the next id to hand out.  The counter's next id is read before
+ * the slots, so every id below it has been handed out and its writer shows it
+ * in its slot until its tuple is in.  A slot caught "allocating" may hold any
+ * id: then there is no answer this time (returns -1).
+ */
+int64
+EsComputeWatermark(EsCounter *counter)
+{
+	uint64		next = pg_atomic_read_u64(&counter->next);
+	int64		watermark;
+
+	pg_memory_barrier();
+	watermark = (int64) next - 1;
+	for (int i = 0; i < es_shared->nslots; i++)
+	{
+		EsSlot	   *slot = &es_shared->slots[i];
+		uint64		pending = pg_atomic_read_u64(&slot->pending);
+
+		if (pending == ES_SLOT_IDLE)
+			continue;
+		pg_read_barrier();
+		if (slot->counter != counter)
+			continue;
+		if (pending == ES_SLOT_ALLOCATING)
+			return -1;
+		if ((int64) pending - 1 < watermark)
+			watermark = (int64) pending - 1;
+	}
+	return watermark;
+}
+
+/* The initialized counters of a database, for the worker. */
+int
+EsCountersOfDatabase(Oid dboid, EsCounterRef *refs, int max)
+{
+	HASH_SEQ_STATUS status;
+	EsCounter  *counter;
+	int			n = 0;
+
+	LWLockAcquire(es_shared->lock, LW_SHARED);
+	hash_seq_init(&status, es_counters);
+	while ((counter = hash_seq_search(&status)) != NULL)
+	{
+		if (counter->key.dboid != dboid || !counter->initialized)
+			continue;
+		if (n >= max)
+		{
+			hash_seq_term(&status);
+			break;
+		}
+		refs[n].counter = counter;
+		refs[n].events_relid = counter->key.events_relid;
+		refs[n].app_id = counter->key.app_id;
+		n++;
+	}
+	LWLockRelease(es_shared->lock);
+	return n;
 }

@@ -1,0 +1,277 @@
+/*
+ * worker.c
+ *		The per-database background worker: publishes watermarks.
+ *
+ * The first es_append in a database since server start starts one dynamic
+ * background worker for that database.  Writers wake it through its latch
+ * (at most one wake-up in flight, coalesced by a flag).  On each round it
+ * computes every application's watermark (ordering.c) and, when one has
+ * moved, writes it to es_watermarks in a short transaction of its own, with
+ * synchronous_commit off: the watermark is only a hint for hot-standby
+ * readers, it never holds a writer back, and a lost one is recomputed.
+ *
+ * Being a hint, a watermark may lag; it is never ahead of the truth, because
+ * it is computed from the slots before the transaction that writes it, and
+ * that transaction's commit record follows in WAL every insert it covers.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "port/atomics.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/snapmgr.h"
+
+#include "eventsourcing.h"
+
+#define ES_MAX_DATABASES 256
+
+typedef struct EsDatabase
+{
+	Oid			dboid;			/* key */
+	bool		worker_requested;	/* protected by es_worker_lock */
+	Latch	   *latch;			/* the worker's, or NULL */
+	pg_atomic_uint32 wakeup_pending;
+} EsDatabase;
+
+typedef struct EsAppWatermark
+{
+	int32		app_id;			/* key */
+	Oid			events_relid;
+	int64		published;
+} EsAppWatermark;
+
+static HTAB *es_databases = NULL;
+static LWLock *es_worker_lock = NULL;
+static EsDatabase *my_database = NULL;	/* cached per backend */
+
+int			es_worker_naptime = 20;
+
+PGDLLEXPORT void es_worker_main(Datum main_arg);
+
+Size
+EsWorkerShmemSize(void)
+{
+	return hash_estimate_size(ES_MAX_DATABASES, sizeof(EsDatabase));
+}
+
+void
+EsWorkerShmemInit(void)
+{
+	HASHCTL		info;
+
+	info.keysize = sizeof(Oid);
+	info.entrysize = sizeof(EsDatabase);
+	es_databases = ShmemInitHash("eventsourcing databases",
+								 ES_MAX_DATABASES, ES_MAX_DATABASES,
+								 &info, HASH_ELEM | HASH_BLOBS);
+	es_worker_lock = &(GetNamedLWLockTranche("eventsourcing"))[1].lock;
+}
+
+static void
+EsStartWorker(Oid dboid)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	strlcpy(worker.bgw_library_name, "eventsourcing", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "es_worker_main", BGW_MAXLEN);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "eventsourcing worker for database %u", dboid);
+	strlcpy(worker.bgw_type, "eventsourcing worker", BGW_MAXLEN);
+	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
+	worker.bgw_notify_pid = 0;
+	if (!RegisterDynamicBackgroundWorker(&worker, NULL))
+	{
+		LWLockAcquire(es_worker_lock, LW_EXCLUSIVE);
+		my_database->worker_requested = false;
+		LWLockRelease(es_worker_lock);
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not start the eventsourcing worker for this database"),
+				 errdetail("Without it, readers on hot standbys cannot pass gaps in the notification log."),
+				 errhint("Raise max_worker_processes.")));
+	}
+}
+
+/*
+ * Called by writers after their tuples are in: starts this database's worker
+ * if needed, else sets its latch unless a wake-up is already pending.
+ */
+void
+EsWakeWorker(void)
+{
+	if (my_database == NULL)
+	{
+		bool		found;
+
+		LWLockAcquire(es_worker_lock, LW_EXCLUSIVE);
+		my_database = hash_search(es_databases, &MyDatabaseId, HASH_ENTER_NULL, &found);
+		if (my_database == NULL)
+		{
+			LWLockRelease(es_worker_lock);
+			return;				/* more databases than we track: no worker */
+		}
+		if (!found)
+		{
+			my_database->worker_requested = false;
+			my_database->latch = NULL;
+			pg_atomic_init_u32(&my_database->wakeup_pending, 0);
+		}
+		LWLockRelease(es_worker_lock);
+	}
+
+	if (!my_database->worker_requested)
+	{
+		bool		start = false;
+
+		LWLockAcquire(es_worker_lock, LW_EXCLUSIVE);
+		if (!my_database->worker_requested)
+		{
+			my_database->worker_requested = true;
+			start = true;
+		}
+		LWLockRelease(es_worker_lock);
+		if (start)
+			EsStartWorker(MyDatabaseId);
+		return;
+	}
+
+	if (pg_atomic_read_u32(&my_database->wakeup_pending) == 0 &&
+		pg_atomic_exchange_u32(&my_database->wakeup_pending, 1) == 0)
+	{
+		Latch	   *latch = my_database->latch;
+
+		if (latch != NULL)
+			SetLatch(latch);
+	}
+}
+
+/* One round: publish every watermark of this database that has moved. */
+static void
+EsPublishWatermarks(HTAB *published)
+{
+	EsCounterRef refs[64];
+	int			n = EsCountersOfDatabase(MyDatabaseId, refs, lengthof(refs));
+	int64		marks[64];
+	bool		any = false;
+	EsRelations rels;
+
+	for (int i = 0; i < n; i++)
+	{
+		EsAppWatermark *w = hash_search(published, &refs[i].app_id, HASH_FIND, NULL);
+
+		marks[i] = EsComputeWatermark(refs[i].counter);
+		if (marks[i] > 0 && (w == NULL || w->events_relid != refs[i].events_relid ||
+							 w->published < marks[i]))
+			any = true;
+		else
+			marks[i] = -1;
+	}
+	if (!any)
+		return;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "publishing watermarks");
+	if (!EsLookupRelationsIfInstalled(&rels))
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		return;
+	}
+	SPI_connect();
+	for (int i = 0; i < n; i++)
+	{
+		Oid			argtypes[2] = {INT4OID, INT8OID};
+		Datum		values[2];
+		StringInfoData sql;
+		EsAppWatermark *w;
+		bool		found;
+
+		if (marks[i] < 0 || refs[i].events_relid != rels.events)
+			continue;
+		values[0] = Int32GetDatum(refs[i].app_id);
+		values[1] = Int64GetDatum(marks[i]);
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "INSERT INTO %s AS w VALUES ($1, $2) ON CONFLICT (application_id) "
+						 "DO UPDATE SET notification_id = excluded.notification_id "
+						 "WHERE w.notification_id < excluded.notification_id",
+						 EsQualifiedName(&rels, "es_watermarks"));
+		if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "eventsourcing: could not publish a watermark");
+		w = hash_search(published, &refs[i].app_id, HASH_ENTER, &found);
+		w->events_relid = refs[i].events_relid;
+		w->published = marks[i];
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+void
+es_worker_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	HASHCTL		info;
+	HTAB	   *published;
+	bool		found;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	/* A hint: never make anyone wait for its flush. */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	LWLockAcquire(es_worker_lock, LW_EXCLUSIVE);
+	my_database = hash_search(es_databases, &dboid, HASH_ENTER_NULL, &found);
+	if (my_database != NULL)
+	{
+		if (!found)
+			pg_atomic_init_u32(&my_database->wakeup_pending, 0);
+		my_database->worker_requested = true;
+		my_database->latch = MyLatch;
+	}
+	LWLockRelease(es_worker_lock);
+
+	info.keysize = sizeof(int32);
+	info.entrysize = sizeof(EsAppWatermark);
+	published = hash_create("eventsourcing published watermarks", 64, &info,
+							HASH_ELEM | HASH_BLOBS);
+
+	for (;;)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 es_worker_naptime, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		if (my_database != NULL)
+			pg_atomic_write_u32(&my_database->wakeup_pending, 0);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		EsPublishWatermarks(published);
+	}
+}
