@@ -1,0 +1,125 @@
+#!/bin/bash
+# The benchmark harness: es_append against a plain INSERT (bigserial id, the
+# same indexes, no ordering guarantee) and against the table-lock approach of
+# the eventsourcing library's PostgreSQL recorder (LOCK TABLE ... IN EXCLUSIVE
+# MODE, then INSERT), side by side in one run on a throwaway cluster.
+#
+#   make bench                 # BENCH_SECONDS=10 BENCH_ROUNDS=2 by default
+#
+# Prints a markdown table of transactions/s (and events/s for batches) with
+# the ratios, and saves it in test/bench/results/latest.md.
+source "$(dirname "$0")/../scripts/common.sh"
+
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+ROUNDS=${BENCH_ROUNDS:-2}
+CLIENTS=${BENCH_CLIENTS:-"1 8 32"}
+BATCH_CLIENTS=${BENCH_BATCH_CLIENTS:-8}
+BENCH="$ROOT/test/bench"
+RESULTS="$BENCH/results"
+
+ensure_packages
+build_and_install
+cluster_start bench fresh
+cluster_env bench
+trap 'cluster_stop bench' EXIT
+as_pg tee -a "$(cluster_dir bench)/data/postgresql.conf" >/dev/null <<CONF
+max_connections = 120
+shared_buffers = 256MB
+CONF
+cluster_stop bench; cluster_start bench; cluster_env bench
+mkdir -p "$RESULTS"
+WORK=$(mktemp -d); chmod 755 "$WORK"
+
+psql -X -q -v ON_ERROR_STOP=1 -d postgres <<'SQL'
+CREATE EXTENSION eventsourcing;
+SELECT es_create_application('bench');
+CREATE TABLE plain_events (
+    application_id integer NOT NULL, notification_id bigserial NOT NULL,
+    originator_id uuid NOT NULL, originator_version bigint NOT NULL,
+    topic text COLLATE "C" NOT NULL, state bytea NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (application_id, notification_id),
+    UNIQUE (application_id, originator_id, originator_version));
+CREATE TABLE locked_events (LIKE plain_events INCLUDING ALL);
+CREATE SEQUENCE locked_events_seq;
+ALTER TABLE locked_events ALTER notification_id SET DEFAULT nextval('locked_events_seq');
+SQL
+
+cat >"$WORK/es.sql" <<'SQL'
+SELECT es_append('bench', gen_random_uuid(), 1, 'Bench.Event', '\x7b22a22a7d');
+SQL
+cat >"$WORK/plain.sql" <<'SQL'
+INSERT INTO plain_events (application_id, originator_id, originator_version, topic, state)
+VALUES (1, gen_random_uuid(), 1, 'Bench.Event', '\x7b22a22a7d');
+SQL
+cat >"$WORK/lock.sql" <<'SQL'
+BEGIN;
+LOCK TABLE locked_events IN EXCLUSIVE MODE;
+INSERT INTO locked_events (application_id, originator_id, originator_version, topic, state)
+VALUES (1, gen_random_uuid(), 1, 'Bench.Event', '\x7b22a22a7d');
+COMMIT;
+SQL
+cat >"$WORK/es_batch.sql" <<'SQL'
+SELECT count(*) FROM es_append('bench', ARRAY(
+    SELECT ROW(gen_random_uuid(), 1, 'Bench.Event', '\x7b22a22a7d'::bytea)::es_event
+    FROM generate_series(1, 100)));
+SQL
+cat >"$WORK/plain_batch.sql" <<'SQL'
+INSERT INTO plain_events (application_id, originator_id, originator_version, topic, state)
+SELECT 1, gen_random_uuid(), 1, 'Bench.Event', '\x7b22a22a7d' FROM generate_series(1, 100);
+SQL
+
+reset_tables() {
+    psql -X -q -d postgres -c "TRUNCATE plain_events, locked_events, es_stored_events" -c "CHECKPOINT" >/dev/null
+}
+
+# run SCRIPT CLIENTS -> "tps latency_ms"
+run() {
+    local script=$1 clients=$2 jobs out
+    jobs=$(( clients < 2 ? 1 : 2 ))
+    reset_tables
+    out=$("$PG_BIN/pgbench" -n -M prepared -c "$clients" -j "$jobs" -T "$SECONDS_PER_RUN" \
+          -f "$WORK/$script.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
+    local tps lat
+    tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | tail -1)
+    lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+    echo "$tps $lat"
+}
+
+declare -A TPS LAT
+for ((r = 1; r <= ROUNDS; r++)); do
+    for c in $CLIENTS; do
+        for s in plain es lock; do
+            read -r tps lat < <(run "$s" "$c")
+            log "round $r, $c clients, $s: $tps tps, $lat ms"
+            TPS[$s,$c]="${TPS[$s,$c]:-} $tps"; LAT[$s,$c]="${LAT[$s,$c]:-} $lat"
+        done
+    done
+    for s in plain_batch es_batch; do
+        read -r tps lat < <(run "$s" "$BATCH_CLIENTS")
+        log "round $r, $BATCH_CLIENTS clients, $s: $tps tps"
+        TPS[$s,$BATCH_CLIENTS]="${TPS[$s,$BATCH_CLIENTS]:-} $tps"
+    done
+done
+
+mean() { echo "$@" | tr ' ' '\n' | awk 'NF {s += $1; n++} END {printf "%.1f", s / n}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+
+{
+    echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), synchronous_commit on, fsync on; pgbench -M prepared, ${SECONDS_PER_RUN}s per run, mean of $ROUNDS rounds, all in one run ($(date -u +%Y-%m-%d))."
+    echo
+    echo "| clients | plain INSERT tps | es_append tps | LOCK TABLE + INSERT tps | es_append / plain | LOCK TABLE / plain | es_append latency / plain |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for c in $CLIENTS; do
+        p=$(mean ${TPS[plain,$c]}); e=$(mean ${TPS[es,$c]}); l=$(mean ${TPS[lock,$c]})
+        pl=$(mean ${LAT[plain,$c]}); el=$(mean ${LAT[es,$c]})
+        echo "| $c | $p | $e | $l | $(ratio "$e" "$p") | $(ratio "$l" "$p") | $(ratio "$el" "$pl") |"
+    done
+    echo
+    p=$(mean ${TPS[plain_batch,$BATCH_CLIENTS]}); e=$(mean ${TPS[es_batch,$BATCH_CLIENTS]})
+    pe=$(awk -v t="$p" 'BEGIN {printf "%.0f", t * 100}'); ee=$(awk -v t="$e" 'BEGIN {printf "%.0f", t * 100}')
+    echo "| batches of 100 events, $BATCH_CLIENTS clients | multi-row INSERT events/s | es_append events/s | es_append / INSERT |"
+    echo "| --- | ---: | ---: | ---: |"
+    echo "| | $pe | $ee | $(ratio "$e" "$p") |"
+} | tee "$RESULTS/latest.md"
+rm -rf "$WORK"
