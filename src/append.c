@@ -7,7 +7,7 @@
  *	2. lock each aggregate of the call, in uuid order, with a transaction-level
  *	   advisory lock (only writers of the same aggregate wait for each other);
  *	3. check each aggregate's versions against its current version, read with
- *	   the latest snapshot (so a writer that committed while we waited is seen);
+ *	   SnapshotSelf (so a writer that committed while we waited is seen);
  *	4. record the tracking position, if given;
  *	5. take the ids and insert heap and index tuples (ordering.c explains why
  *	   this makes the notification log ordered and gap-free).
@@ -68,17 +68,12 @@ EsFieldName(const char *argname, bool is_array, int index, const char *field)
 	return psprintf("%s.%s", argname, field);
 }
 
-/* Reads and checks one es_event value. */
+/* Reads one es_event value into its four fields. */
 static void
-EsParseEvent(HeapTupleHeader th, const char *argname, bool is_array, int index,
-			 EsEventIn *ev)
+EsDeformEvent(HeapTupleHeader th, Datum *values, bool *nulls)
 {
-	static const char *const fields[] = {"originator_id", "originator_version", "topic", "state"};
 	TupleDesc	tupdesc;
 	HeapTupleData tuple;
-	Datum		values[4];
-	bool		nulls[4];
-	Size		topic_len;
 
 	tupdesc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(th), HeapTupleHeaderGetTypMod(th));
 	if (tupdesc->natts != 4)
@@ -89,6 +84,15 @@ EsParseEvent(HeapTupleHeader th, const char *argname, bool is_array, int index,
 	tuple.t_data = th;
 	heap_deform_tuple(&tuple, tupdesc, values, nulls);
 	ReleaseTupleDesc(tupdesc);
+}
+
+/* Checks the four fields of one event and keeps them in *ev. */
+static void
+EsCheckEvent(Datum *values, bool *nulls, const char *argname, bool is_array,
+			 int index, EsEventIn *ev)
+{
+	static const char *const fields[] = {"originator_id", "originator_version", "topic", "state"};
+	Size		topic_len;
 
 	for (int i = 0; i < 4; i++)
 		if (nulls[i])
@@ -147,11 +151,15 @@ EsParseEventArray(FunctionCallInfo fcinfo, int argno, int *nevents)
 	events = palloc0(sizeof(EsEventIn) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
+		Datum		values[4];
+		bool		nulls[4];
+
 		if (elem_nulls[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("events[%d] must not be NULL", i + 1)));
-		EsParseEvent(DatumGetHeapTupleHeader(elems[i]), "events", true, i, &events[i]);
+		EsDeformEvent(DatumGetHeapTupleHeader(elems[i]), values, nulls);
+		EsCheckEvent(values, nulls, "events", true, i, &events[i]);
 	}
 	*nevents = n;
 	return events;
@@ -175,7 +183,6 @@ EsCurrentVersion(const EsRelations *rels, Relation events, int32 app_id,
 				 const pg_uuid_t *originator_id)
 {
 	Relation	idx = index_open(rels->events_version_idx, AccessShareLock);
-	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	IndexScanDesc scan;
 	ScanKeyData keys[2];
 	TupleTableSlot *slot = table_slot_create(events, NULL);
@@ -183,7 +190,12 @@ EsCurrentVersion(const EsRelations *rels, Relation events, int32 app_id,
 
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
-	scan = index_beginscan(events, idx, snapshot, 2, 0);
+	/*
+	 * The caller holds the aggregate's lock, so every other writer of it has
+	 * ended: SnapshotSelf (committed, plus our own) sees the truth, even in a
+	 * REPEATABLE READ transaction whose snapshot is older.
+	 */
+	scan = index_beginscan(events, idx, SnapshotSelf, 2, 0);
 	index_rescan(scan, keys, 2, NULL, 0);
 	if (index_getnext_slot(scan, BackwardScanDirection, slot))
 	{
@@ -193,7 +205,6 @@ EsCurrentVersion(const EsRelations *rels, Relation events, int32 app_id,
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
-	UnregisterSnapshot(snapshot);
 	index_close(idx, AccessShareLock);
 	return version;
 }
@@ -499,7 +510,13 @@ es_append_one(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("event must not be NULL")));
-	EsParseEvent(PG_GETARG_HEAPTUPLEHEADER(1), "event", false, 0, &ev);
+	{
+		Datum		values[4];
+		bool		nulls[4];
+
+		EsDeformEvent(PG_GETARG_HEAPTUPLEHEADER(1), values, nulls);
+		EsCheckEvent(values, nulls, "event", false, 0, &ev);
+	}
 	PG_RETURN_INT64(EsAppend(application, &ev, 1, NULL, 0)[0]);
 }
 
@@ -511,30 +528,16 @@ PG_FUNCTION_INFO_V1(es_append_fields);
 Datum
 es_append_fields(PG_FUNCTION_ARGS)
 {
-	static const char *const names[] = {"originator_id", "originator_version", "topic", "state"};
 	text	   *application = EsArgApplication(fcinfo, 0);
-	TupleDesc	tupdesc;
 	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
-	HeapTuple	tuple;
+	bool		nulls[4];
 	EsEventIn	ev;
 
 	for (int i = 0; i < 4; i++)
 	{
-		if (PG_ARGISNULL(i + 1))
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("%s must not be NULL", names[i])));
-		values[i] = PG_GETARG_DATUM(i + 1);
+		nulls[i] = PG_ARGISNULL(i + 1);
+		values[i] = nulls[i] ? (Datum) 0 : PG_GETARG_DATUM(i + 1);
 	}
-	/* Reuse the composite parser: build an es_event from the arguments. */
-	tupdesc = CreateTemplateTupleDesc(4);
-	TupleDescInitEntry(tupdesc, 1, "originator_id", UUIDOID, -1, 0);
-	TupleDescInitEntry(tupdesc, 2, "originator_version", INT8OID, -1, 0);
-	TupleDescInitEntry(tupdesc, 3, "topic", TEXTOID, -1, 0);
-	TupleDescInitEntry(tupdesc, 4, "state", BYTEAOID, -1, 0);
-	tupdesc = BlessTupleDesc(tupdesc);
-	tuple = heap_form_tuple(tupdesc, values, nulls);
-	EsParseEvent(tuple->t_data, NULL, false, 0, &ev);
+	EsCheckEvent(values, nulls, NULL, false, 0, &ev);
 	PG_RETURN_INT64(EsAppend(application, &ev, 1, NULL, 0)[0]);
 }

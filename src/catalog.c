@@ -2,9 +2,11 @@
  * catalog.c
  *		The extension's tables, application look-up, and argument checks.
  *
- * The tables live in the extension's schema; their OIDs are looked up by name
- * on each call (syscache hits), so DROP/CREATE EXTENSION needs no cache
- * invalidation.  Reads and writes go straight to the heap and indexes, which
+ * The tables live in the extension's schema.  Their OIDs, and the ids of
+ * applications, are cached per backend; a relcache invalidation of any of
+ * our tables (DROP EXTENSION drops them) or a full reset empties the caches.
+ * Applications are never renamed or deleted through the extension's API, and
+ * an id is cached only once the row is committed.  Reads and writes go straight to the heap and indexes, which
  * bypasses the executor's permission checks, so every SQL entry point checks
  * the caller's privilege on es_stored_events itself: table privileges are the
  * extension's privilege model.
@@ -12,6 +14,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/xact.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
@@ -26,6 +29,9 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
@@ -73,10 +79,51 @@ EsLookupRelationsIfInstalled(EsRelations *rels)
 	return true;
 }
 
+typedef struct EsAppCacheEntry
+{
+	char		name[ES_MAX_APPLICATION_BYTES + 1];	/* key, NUL-padded */
+	int32		app_id;
+} EsAppCacheEntry;
+
+static bool rels_valid = false;
+static EsRelations rels_cache;
+static HTAB *app_cache = NULL;
+static bool callback_registered = false;
+
+static void
+EsInvalidateCaches(Datum arg, Oid relid)
+{
+	if (!rels_valid)
+		return;
+	if (relid == InvalidOid || relid == rels_cache.events ||
+		relid == rels_cache.applications || relid == rels_cache.tracking ||
+		relid == rels_cache.watermarks)
+	{
+		rels_valid = false;
+		if (app_cache != NULL)
+		{
+			hash_destroy(app_cache);
+			app_cache = NULL;
+		}
+	}
+}
+
 void
 EsLookupRelations(EsRelations *rels)
 {
-	Oid			ext = get_extension_oid("eventsourcing", true);
+	Oid			ext;
+
+	if (rels_valid)
+	{
+		*rels = rels_cache;
+		return;
+	}
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(EsInvalidateCaches, (Datum) 0);
+		callback_registered = true;
+	}
+	ext = get_extension_oid("eventsourcing", true);
 
 	if (!OidIsValid(ext))
 		ereport(ERROR,
@@ -92,6 +139,8 @@ EsLookupRelations(EsRelations *rels)
 	rels->tracking = EsRelid(rels->namespace, "es_tracking");
 	rels->watermarks = EsRelid(rels->namespace, "es_watermarks");
 	rels->watermarks_pkey = EsRelid(rels->namespace, "es_watermarks_pkey");
+	rels_cache = *rels;
+	rels_valid = true;
 }
 
 char *
@@ -135,7 +184,32 @@ EsLookupApplication(const EsRelations *rels, text *name)
 	HeapTuple	tuple;
 	int32		app_id = 0;
 	bool		found = false;
+	bool		cacheable = false;
 	Snapshot	snapshot;
+	Size		len = VARSIZE_ANY_EXHDR(name);
+	char		keybuf[ES_MAX_APPLICATION_BYTES + 1];
+
+	if (len <= ES_MAX_APPLICATION_BYTES)
+	{
+		EsAppCacheEntry *entry;
+
+		memset(keybuf, 0, sizeof(keybuf));
+		memcpy(keybuf, VARDATA_ANY(name), len);
+		if (app_cache == NULL)
+		{
+			HASHCTL		info;
+
+			info.keysize = sizeof(keybuf);
+			info.entrysize = sizeof(EsAppCacheEntry);
+			info.hcxt = CacheMemoryContext;
+			app_cache = hash_create("eventsourcing applications", 16, &info,
+									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		}
+		entry = hash_search(app_cache, keybuf, HASH_FIND, NULL);
+		if (entry != NULL)
+			return entry->app_id;
+		cacheable = true;
+	}
 
 	rel = table_open(rels->applications, AccessShareLock);
 	ScanKeyInit(&key, 2, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(name));
@@ -149,11 +223,20 @@ EsLookupApplication(const EsRelations *rels, text *name)
 
 		app_id = DatumGetInt32(heap_getattr(tuple, 1, RelationGetDescr(rel), &isnull));
 		found = !isnull;
+		/* Our own uncommitted row may still roll back: do not cache it. */
+		if (TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tuple->t_data)))
+			cacheable = false;
 	}
 	systable_endscan(scan);
 	UnregisterSnapshot(snapshot);
 	table_close(rel, AccessShareLock);
 
+	if (found && cacheable && app_cache != NULL)
+	{
+		EsAppCacheEntry *entry = hash_search(app_cache, keybuf, HASH_ENTER, NULL);
+
+		entry->app_id = app_id;
+	}
 	if (!found)
 	{
 		char	   *cname = text_to_cstring(name);

@@ -3,8 +3,7 @@
  *		The per-database background worker: publishes watermarks.
  *
  * The first es_append in a database since server start starts one dynamic
- * background worker for that database.  Writers wake it through its latch
- * (at most one wake-up in flight, coalesced by a flag).  On each round it
+ * background worker for that database.  Every eventsourcing.worker_naptime it
  * computes every application's watermark (ordering.c) and, when one has
  * moved, writes it to es_watermarks in a short transaction of its own, with
  * synchronous_commit off: the watermark is only a hint for hot-standby
@@ -108,10 +107,7 @@ EsStartWorker(Oid dboid)
 	}
 }
 
-/*
- * Called by writers after their tuples are in: starts this database's worker
- * if needed, else sets its latch unless a wake-up is already pending.
- */
+/* Called by writers after their tuples are in: starts this database's worker. */
 void
 EsWakeWorker(void)
 {
@@ -151,14 +147,11 @@ EsWakeWorker(void)
 		return;
 	}
 
-	if (pg_atomic_read_u32(&my_database->wakeup_pending) == 0 &&
-		pg_atomic_exchange_u32(&my_database->wakeup_pending, 1) == 0)
-	{
-		Latch	   *latch = my_database->latch;
-
-		if (latch != NULL)
-			SetLatch(latch);
-	}
+	/*
+	 * Watermarks need no wake-up: the worker polls every
+	 * eventsourcing.worker_naptime, so that a busy server pays one small
+	 * transaction per round, not one per append.
+	 */
 }
 
 /* One round: publish every watermark of this database that has moved. */
