@@ -99,6 +99,7 @@ typedef struct EsCounterRef
 
 extern int64 EsComputeWatermark(EsCounter *counter);
 extern int	EsCountersOfDatabase(Oid dboid, EsCounterRef *refs, int max);
+extern void EsForgetStaleCounters(Oid dboid, Oid keep_relid);
 
 /* worker.c */
 extern int	es_max_applications;

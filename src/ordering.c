@@ -571,3 +571,26 @@ EsCountersOfDatabase(Oid dboid, EsCounterRef *refs, int max)
 	LWLockRelease(es_shared->lock);
 	return n;
 }
+
+/*
+ * Forgets the counters of a database that belong to another events table
+ * than `keep_relid` (a dropped extension), or all of them when keep_relid is
+ * InvalidOid.  Safe: the old table is gone, so nobody can be appending with
+ * those counters, and idle slots that still point at a freed entry are never
+ * looked at (a slot's counter is read only while its pending value is set).
+ */
+void
+EsForgetStaleCounters(Oid dboid, Oid keep_relid)
+{
+	HASH_SEQ_STATUS status;
+	EsCounter  *counter;
+
+	LWLockAcquire(es_shared->lock, LW_EXCLUSIVE);
+	hash_seq_init(&status, es_counters);
+	while ((counter = hash_seq_search(&status)) != NULL)
+	{
+		if (counter->key.dboid == dboid && counter->key.events_relid != keep_relid)
+			(void) hash_search(es_counters, &counter->key, HASH_REMOVE, NULL);
+	}
+	LWLockRelease(es_shared->lock);
+}

@@ -9,6 +9,11 @@
  * synchronous_commit off: the watermark is only a hint for hot-standby
  * readers, it never holds a writer back, and a lost one is recomputed.
  *
+ * The worker exits after two idle seconds (so that DROP DATABASE, which waits
+ * five seconds for other sessions to leave, is not refused), when the
+ * extension is dropped, or on SIGTERM; in every case the next append in the
+ * database starts it again.  It forgets the counters of a dropped extension.
+ *
  * Being a hint, a watermark may lag; it is never ahead of the truth, because
  * it is computed from the slots before the transaction that writes it, and
  * that transaction's commit record follows in WAL every insert it covers.
@@ -32,10 +37,13 @@
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "eventsourcing.h"
 
 #define ES_MAX_DATABASES 256
+/* Below DROP DATABASE's 5 s wait for other sessions to leave. */
+#define ES_WORKER_IDLE_EXIT_MS 2000
 
 typedef struct EsDatabase
 {
@@ -87,7 +95,8 @@ EsStartWorker(Oid dboid)
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 1;
+	/* Never restarted by the postmaster: EsWorkerExit lets the next append do it. */
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	strlcpy(worker.bgw_library_name, "eventsourcing", BGW_MAXLEN);
 	strlcpy(worker.bgw_function_name, "es_worker_main", BGW_MAXLEN);
 	snprintf(worker.bgw_name, BGW_MAXLEN, "eventsourcing worker for database %u", dboid);
@@ -131,6 +140,8 @@ EsWakeWorker(void)
 		LWLockRelease(es_worker_lock);
 	}
 
+	/* Pairs with the worker's barrier when it withdraws on idle exit. */
+	pg_memory_barrier();
 	if (!my_database->worker_requested)
 	{
 		bool		start = false;
@@ -154,16 +165,21 @@ EsWakeWorker(void)
 	 */
 }
 
-/* One round: publish every watermark of this database that has moved. */
-static void
-EsPublishWatermarks(HTAB *published)
+/*
+ * One round: publish every watermark of this database that has moved.
+ * Returns false when the extension is no longer installed here.
+ */
+static bool
+EsPublishWatermarks(HTAB *published, bool *worked)
 {
-	EsCounterRef refs[64];
-	int			n = EsCountersOfDatabase(MyDatabaseId, refs, lengthof(refs));
-	int64		marks[64];
+	EsCounterRef *refs = palloc(sizeof(EsCounterRef) * es_max_applications);
+	int64	   *marks = palloc(sizeof(int64) * es_max_applications);
+	int			n = EsCountersOfDatabase(MyDatabaseId, refs, es_max_applications);
 	bool		any = false;
+	bool		installed;
 	EsRelations rels;
 
+	*worked = false;
 	for (int i = 0; i < n; i++)
 	{
 		EsAppWatermark *w = hash_search(published, &refs[i].app_id, HASH_FIND, NULL);
@@ -176,48 +192,67 @@ EsPublishWatermarks(HTAB *published)
 			marks[i] = -1;
 	}
 	if (!any)
-		return;
+	{
+		pfree(refs);
+		pfree(marks);
+		return true;
+	}
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "publishing watermarks");
-	if (!EsLookupRelationsIfInstalled(&rels))
+	installed = EsLookupRelationsIfInstalled(&rels);
+	/* Counters of a dropped extension would otherwise look busy forever. */
+	EsForgetStaleCounters(MyDatabaseId, installed ? rels.events : InvalidOid);
+	if (installed)
 	{
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		pgstat_report_activity(STATE_IDLE, NULL);
-		return;
-	}
-	SPI_connect();
-	for (int i = 0; i < n; i++)
-	{
-		Oid			argtypes[2] = {INT4OID, INT8OID};
-		Datum		values[2];
-		StringInfoData sql;
-		EsAppWatermark *w;
-		bool		found;
+		SPI_connect();
+		for (int i = 0; i < n; i++)
+		{
+			Oid			argtypes[2] = {INT4OID, INT8OID};
+			Datum		values[2];
+			StringInfoData sql;
+			EsAppWatermark *w;
+			bool		found;
 
-		if (marks[i] < 0 || refs[i].events_relid != rels.events)
-			continue;
-		values[0] = Int32GetDatum(refs[i].app_id);
-		values[1] = Int64GetDatum(marks[i]);
-		initStringInfo(&sql);
-		appendStringInfo(&sql,
-						 "INSERT INTO %s AS w VALUES ($1, $2) ON CONFLICT (application_id) "
-						 "DO UPDATE SET notification_id = excluded.notification_id "
-						 "WHERE w.notification_id < excluded.notification_id",
-						 EsQualifiedName(&rels, "es_watermarks"));
-		if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "eventsourcing: could not publish a watermark");
-		w = hash_search(published, &refs[i].app_id, HASH_ENTER, &found);
-		w->events_relid = refs[i].events_relid;
-		w->published = marks[i];
+			if (marks[i] < 0 || refs[i].events_relid != rels.events)
+				continue;
+			values[0] = Int32GetDatum(refs[i].app_id);
+			values[1] = Int64GetDatum(marks[i]);
+			initStringInfo(&sql);
+			appendStringInfo(&sql,
+							 "INSERT INTO %s AS w VALUES ($1, $2) ON CONFLICT (application_id) "
+							 "DO UPDATE SET notification_id = excluded.notification_id "
+							 "WHERE w.notification_id < excluded.notification_id",
+							 EsQualifiedName(&rels, "es_watermarks"));
+			if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "eventsourcing: could not publish a watermark");
+			w = hash_search(published, &refs[i].app_id, HASH_ENTER, &found);
+			w->events_relid = refs[i].events_relid;
+			w->published = marks[i];
+			*worked = true;
+		}
+		SPI_finish();
 	}
-	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
+	pfree(refs);
+	pfree(marks);
+	return installed;
+}
+
+/* However the worker ends, the next append in this database starts another. */
+static void
+EsWorkerExit(int code, Datum arg)
+{
+	if (my_database == NULL)
+		return;
+	LWLockAcquire(es_worker_lock, LW_EXCLUSIVE);
+	my_database->latch = NULL;
+	my_database->worker_requested = false;
+	LWLockRelease(es_worker_lock);
 }
 
 void
@@ -227,6 +262,7 @@ es_worker_main(Datum main_arg)
 	HASHCTL		info;
 	HTAB	   *published;
 	bool		found;
+	TimestampTz idle_since = GetCurrentTimestamp();
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -252,8 +288,12 @@ es_worker_main(Datum main_arg)
 	published = hash_create("eventsourcing published watermarks", 64, &info,
 							HASH_ELEM | HASH_BLOBS);
 
+	before_shmem_exit(EsWorkerExit, (Datum) 0);
+
 	for (;;)
 	{
+		bool		worked;
+
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 es_worker_naptime, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
@@ -265,6 +305,27 @@ es_worker_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		EsPublishWatermarks(published);
+		if (!EsPublishWatermarks(published, &worked))
+			break;				/* extension dropped */
+
+		/*
+		 * Exit when idle, so that the worker does not keep DROP DATABASE
+		 * waiting; the next append starts it again.
+		 */
+		if (worked)
+			idle_since = GetCurrentTimestamp();
+		else if (TimestampDifferenceExceeds(idle_since, GetCurrentTimestamp(), ES_WORKER_IDLE_EXIT_MS))
+		{
+			/*
+			 * Withdraw first, then publish once more: a writer that still saw
+			 * us (see EsWakeWorker) has its ids counted by this last round,
+			 * and one that did not starts a new worker.
+			 */
+			EsWorkerExit(0, (Datum) 0);
+			pg_memory_barrier();
+			(void) EsPublishWatermarks(published, &worked);
+			break;
+		}
 	}
+	proc_exit(0);
 }

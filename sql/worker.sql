@@ -1,0 +1,21 @@
+-- The per-database worker publishes a watermark for every application that
+-- has been appended to (readers on hot standbys rely on them).
+CREATE EXTENSION IF NOT EXISTS eventsourcing;
+SELECT count(*) FROM (SELECT es_create_application('wm' || i) FROM generate_series(1, 100) i) s;
+SELECT count(*) FROM (
+    SELECT es_append('wm' || i, gen_random_uuid(), 1, 'Created', '') FROM generate_series(1, 100) i
+    UNION ALL
+    SELECT es_append('wm' || i, gen_random_uuid(), 1, 'Created', '') FROM generate_series(1, 100, 2) i) s;
+-- wait (at most 30 s) for the worker to publish all of them
+DO $$
+BEGIN
+    FOR i IN 1 .. 300 LOOP
+        EXIT WHEN (SELECT count(*) FROM es_watermarks w JOIN es_applications a ON a.id = w.application_id
+                   WHERE a.name LIKE 'wm%'
+                     AND w.notification_id = (SELECT max(notification_id) FROM es_stored_events e
+                                              WHERE e.application_id = a.id)) = 100;
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT count(*) AS published, sum(w.notification_id) AS sum_of_watermarks
+FROM es_watermarks w JOIN es_applications a ON a.id = w.application_id WHERE a.name LIKE 'wm%';
