@@ -21,7 +21,8 @@ CREATE TYPE @extschema@.es_notification AS (
     originator_version  bigint,
     topic               text,
     state               bytea,
-    recorded_at         timestamptz
+    recorded_at         timestamptz,
+    event_hash          bytea
 );
 COMMENT ON TYPE @extschema@.es_notification IS
     'A recorded event with its position (id) in the application''s notification log, as returned by es_select.';
@@ -31,10 +32,33 @@ CREATE TYPE @extschema@.es_stored_event AS (
     originator_version  bigint,
     topic               text,
     state               bytea,
-    recorded_at         timestamptz
+    recorded_at         timestamptz,
+    event_hash          bytea
 );
 COMMENT ON TYPE @extschema@.es_stored_event IS
     'A recorded event of one aggregate, as returned by es_events.';
+
+CREATE TYPE @extschema@.es_verification AS (
+    ok                  boolean,
+    events              bigint,
+    originator_version  bigint,
+    problem             text,
+    detail              text
+);
+COMMENT ON TYPE @extschema@.es_verification IS
+    'The result of es_verify: ok, how many events were checked, and the first broken link (version, problem, detail) if any.';
+
+CREATE TYPE @extschema@.es_log_problem AS (
+    kind                text,
+    originator_id       uuid,
+    originator_version  bigint,
+    notification_id     bigint,
+    seal_id             bigint,
+    problem             text,
+    detail              text
+);
+COMMENT ON TYPE @extschema@.es_log_problem IS
+    'One problem found by es_verify_log: in an aggregate''s chain (kind aggregate) or in a seal (kind seal).';
 
 --------------------------------------------------------------------------
 -- Tables (written only through the functions below; dumped by pg_dump)
@@ -58,6 +82,7 @@ CREATE TABLE @extschema@.es_stored_events (
     topic               text COLLATE "C" NOT NULL,
     state               bytea NOT NULL,
     recorded_at         timestamptz NOT NULL,
+    event_hash          bytea NOT NULL,
     CONSTRAINT es_stored_events_pkey PRIMARY KEY (application_id, notification_id),
     CONSTRAINT es_stored_events_version_key UNIQUE (application_id, originator_id, originator_version)
 );
@@ -80,14 +105,47 @@ CREATE TABLE @extschema@.es_watermarks (
 COMMENT ON TABLE @extschema@.es_watermarks IS
     'Per application, an id at or below which every notification''s tuple has been written: lets readers on a hot standby decide about gaps.';
 
+CREATE TABLE @extschema@.es_seals (
+    application_id         integer NOT NULL,
+    seal_id                bigint NOT NULL,
+    after_notification_id  bigint NOT NULL,
+    last_notification_id   bigint NOT NULL,
+    event_count            bigint NOT NULL,
+    gaps                   bigint[] NOT NULL,
+    previous_digest        bytea NOT NULL,
+    digest                 bytea NOT NULL,
+    sealed_at              timestamptz NOT NULL,
+    PRIMARY KEY (application_id, seal_id)
+);
+COMMENT ON TABLE @extschema@.es_seals IS
+    'Seals of the notification log: each a SHA-256 digest over the events in (after_notification_id, last_notification_id], chained to the previous seal. Made by es_seal, checked by es_verify_log.';
+
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_applications', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_seals', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_stored_events', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_tracking', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_watermarks', '');
 
 -- Readers and writers are granted privileges explicitly; nobody has any by default.
 REVOKE ALL ON @extschema@.es_applications, @extschema@.es_stored_events,
-    @extschema@.es_tracking, @extschema@.es_watermarks FROM PUBLIC;
+    @extschema@.es_tracking, @extschema@.es_watermarks, @extschema@.es_seals FROM PUBLIC;
+
+-- Append-only: no role may UPDATE, DELETE or TRUNCATE events or seals, except
+-- a superuser who sets eventsourcing.allow_rewrite (the administrative path).
+CREATE FUNCTION @extschema@.es_append_only_guard()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'es_append_only_guard'
+LANGUAGE C;
+COMMENT ON FUNCTION @extschema@.es_append_only_guard() IS
+    'Trigger refusing UPDATE, DELETE and TRUNCATE of recorded events and seals unless eventsourcing.allow_rewrite is on.';
+CREATE TRIGGER es_append_only BEFORE UPDATE OR DELETE ON @extschema@.es_stored_events
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.es_append_only_guard();
+CREATE TRIGGER es_append_only_truncate BEFORE TRUNCATE ON @extschema@.es_stored_events
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.es_append_only_guard();
+CREATE TRIGGER es_append_only BEFORE UPDATE OR DELETE ON @extschema@.es_seals
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.es_append_only_guard();
+CREATE TRIGGER es_append_only_truncate BEFORE TRUNCATE ON @extschema@.es_seals
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.es_append_only_guard();
 
 --------------------------------------------------------------------------
 -- Applications
@@ -168,3 +226,36 @@ AS 'MODULE_PATHNAME', 'es_tracking_position'
 LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.es_tracking_position(text, text) IS
     'The highest notification of upstream_application recorded as processed by application, or NULL.';
+
+--------------------------------------------------------------------------
+-- Integrity: hash chains, heads, seals, verification
+--------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.es_head(application text, originator_id uuid)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'es_head'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.es_head(text, uuid) IS
+    'The hash of the aggregate''s last event (its head), or NULL: keep it outside the database to detect later tampering.';
+
+CREATE FUNCTION @extschema@.es_verify(application text, originator_id uuid,
+    expected_head bytea DEFAULT NULL)
+RETURNS @extschema@.es_verification
+AS 'MODULE_PATHNAME', 'es_verify'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.es_verify(text, uuid, bytea) IS
+    'Recomputes the aggregate''s hash chain and reports the first broken link (missing version, reordered, changed content, or head mismatch against expected_head), or ok.';
+
+CREATE FUNCTION @extschema@.es_seal(application text)
+RETURNS @extschema@.es_seals
+AS 'MODULE_PATHNAME', 'es_seal'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_seal(text) IS
+    'Seals the notification log up to the highest id readers can be given now, chained to the previous seal; returns the seal (keep its digest outside the database), or the last one if nothing is new.';
+
+CREATE FUNCTION @extschema@.es_verify_log(application text)
+RETURNS SETOF @extschema@.es_log_problem
+AS 'MODULE_PATHNAME', 'es_verify_log'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.es_verify_log(text) IS
+    'Verifies every aggregate''s chain and every seal of the application; returns one row per problem, none when intact.';

@@ -8,7 +8,7 @@ SELECT es_append('priv', '00000000-0000-0000-0000-000000000001', 1, 'Created', '
 CREATE ROLE es_test_nobody;
 CREATE ROLE es_test_reader;
 CREATE ROLE es_test_writer;
-GRANT SELECT ON es_stored_events TO es_test_reader;
+GRANT SELECT ON es_stored_events, es_seals TO es_test_reader;
 GRANT SELECT, INSERT ON es_stored_events TO es_test_writer;
 GRANT SELECT, INSERT, UPDATE ON es_tracking TO es_test_writer;
 
@@ -41,5 +41,34 @@ RESET ROLE;
 
 SELECT id, originator_version FROM es_select('priv', 1, 10);
 
-DROP OWNED BY es_test_nobody, es_test_reader, es_test_writer;
-DROP ROLE es_test_nobody, es_test_reader, es_test_writer;
+-- Append-only, also for roles that hold UPDATE, DELETE and TRUNCATE
+CREATE ROLE es_test_admin;
+GRANT SELECT, UPDATE, DELETE, TRUNCATE ON es_stored_events, es_seals TO es_test_admin;
+SET ROLE es_test_admin;
+UPDATE es_stored_events SET topic = 'Forged';
+\echo :LAST_ERROR_SQLSTATE
+DELETE FROM es_stored_events;
+\echo :LAST_ERROR_SQLSTATE
+TRUNCATE es_stored_events;
+\echo :LAST_ERROR_SQLSTATE
+DELETE FROM es_seals;
+\echo :LAST_ERROR_SQLSTATE
+-- only a superuser may open the administrative path
+SET eventsourcing.allow_rewrite = on;
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+-- readers may verify; verification needs SELECT only
+SET ROLE es_test_reader;
+SELECT ok FROM es_verify('priv', '00000000-0000-0000-0000-000000000001');
+SELECT count(*) FROM es_verify_log('priv');
+SELECT es_seal('priv');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+GRANT SELECT, INSERT ON es_seals TO es_test_writer;
+SET ROLE es_test_writer;
+SELECT seal_id, last_notification_id FROM es_seal('priv');
+RESET ROLE;
+SELECT count(*) AS events_left FROM es_stored_events e JOIN es_applications a ON a.id = e.application_id WHERE a.name = 'priv';
+
+DROP OWNED BY es_test_nobody, es_test_reader, es_test_writer, es_test_admin;
+DROP ROLE es_test_nobody, es_test_reader, es_test_writer, es_test_admin;

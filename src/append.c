@@ -7,7 +7,8 @@
  *	2. lock each aggregate of the call, in uuid order, with a transaction-level
  *	   advisory lock (only writers of the same aggregate wait for each other);
  *	3. check each aggregate's versions against its current version, read with
- *	   SnapshotSelf (so a writer that committed while we waited is seen);
+ *	   SnapshotSelf (so a writer that committed while we waited is seen), and
+ *	   chain each event's hash to its predecessor's (integrity.c);
  *	4. record the tracking position, if given;
  *	5. take the ids and insert heap and index tuples (ordering.c explains why
  *	   this makes the notification log ordered and gap-free).
@@ -49,6 +50,7 @@ typedef struct EsEventIn
 	Datum		topic;
 	Datum		state;
 	int			index;			/* position in the call, 0-based */
+	uint8		hash[ES_HASH_LEN];	/* chained to the aggregate's previous event */
 } EsEventIn;
 
 static char *
@@ -177,10 +179,13 @@ EsCompareByAggregate(const void *a, const void *b)
 	return (ea->index > eb->index) - (ea->index < eb->index);
 }
 
-/* The aggregate's current version, or -1 if it has no events. */
+/*
+ * The aggregate's current version, or -1 if it has no events; and the hash of
+ * its last event (the genesis value if none) in *head.
+ */
 static int64
 EsCurrentVersion(const EsRelations *rels, Relation events, int32 app_id,
-				 const pg_uuid_t *originator_id)
+				 const pg_uuid_t *originator_id, uint8 *head)
 {
 	Relation	idx = index_open(rels->events_version_idx, AccessShareLock);
 	IndexScanDesc scan;
@@ -201,8 +206,20 @@ EsCurrentVersion(const EsRelations *rels, Relation events, int32 app_id,
 	{
 		bool		isnull;
 
+		bytea	   *hash;
+
 		version = DatumGetInt64(slot_getattr(slot, Anum_es_originator_version, &isnull));
+		hash = DatumGetByteaPP(slot_getattr(slot, Anum_es_event_hash, &isnull));
+		if (VARSIZE_ANY_EXHDR(hash) != ES_HASH_LEN)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("the stored hash of version " INT64_FORMAT " of aggregate %s is damaged",
+							version, EsUuidOut(originator_id)),
+					 errhint("Run es_verify() on the aggregate.")));
+		memcpy(head, VARDATA_ANY(hash), ES_HASH_LEN);
 	}
+	else
+		memcpy(head, es_genesis_hash, ES_HASH_LEN);
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(idx, AccessShareLock);
@@ -225,8 +242,8 @@ EsLockAggregate(int32 app_id, const pg_uuid_t *originator_id)
  * position in the call.
  */
 static void
-EsCheckVersions(const EsRelations *rels, Relation events, const char *appname,
-				int32 app_id, EsEventIn **sorted, int n)
+EsCheckVersions(const EsRelations *rels, Relation events, text *application,
+				const char *appname, int32 app_id, EsEventIn **sorted, int n)
 {
 	int			start = 0;
 
@@ -260,12 +277,13 @@ EsCheckVersions(const EsRelations *rels, Relation events, const char *appname,
 		int			end = start + 1;
 		EsEventIn  *first = sorted[start];
 		int64		current;
+		uint8		head[ES_HASH_LEN];
 
 		while (end < n && memcmp(sorted[end]->originator_id.data, first->originator_id.data, UUID_LEN) == 0)
 			end++;
 
 		EsLockAggregate(app_id, &first->originator_id);
-		current = EsCurrentVersion(rels, events, app_id, &first->originator_id);
+		current = EsCurrentVersion(rels, events, app_id, &first->originator_id, head);
 		if (current < 0)
 		{
 			if (first->version > 1)
@@ -287,6 +305,15 @@ EsCheckVersions(const EsRelations *rels, Relation events, const char *appname,
 					 errmsg("version " INT64_FORMAT " of aggregate %s in application \"%s\" skips ahead of its current version " INT64_FORMAT,
 							first->version, EsUuidOut(&first->originator_id), appname, current),
 					 errdetail("The next version must be " INT64_FORMAT ".", current + 1)));
+
+		/* The hash chain: each event over its predecessor's hash. */
+		for (int i = start; i < end; i++)
+		{
+			EsHashEvent(i == start ? head : sorted[i - 1]->hash, application,
+						&sorted[i]->originator_id, sorted[i]->version,
+						DatumGetTextPP(sorted[i]->topic), DatumGetByteaPP(sorted[i]->state),
+						sorted[i]->hash);
+		}
 		start = end;
 	}
 }
@@ -344,6 +371,14 @@ EsInsertEvents(const EsRelations *rels, Relation events, int32 app_id,
 	EsCounter  *counter = EsGetCounter(rels, app_id);
 	int64		first;
 
+	bytea	  **hashes = palloc(sizeof(bytea *) * n);
+
+	for (int i = 0; i < n; i++)
+	{
+		hashes[i] = palloc(VARHDRSZ + ES_HASH_LEN);
+		SET_VARSIZE(hashes[i], VARHDRSZ + ES_HASH_LEN);
+		memcpy(VARDATA(hashes[i]), in[i].hash, ES_HASH_LEN);
+	}
 	InitResultRelInfo(rri, events, 1, NULL, 0);
 	ExecOpenIndices(rri, false);
 	slot = MakeSingleTupleTableSlot(RelationGetDescr(events), &TTSOpsVirtual);
@@ -363,6 +398,7 @@ EsInsertEvents(const EsRelations *rels, Relation events, int32 app_id,
 			slot->tts_values[Anum_es_topic - 1] = in[i].topic;
 			slot->tts_values[Anum_es_state - 1] = in[i].state;
 			slot->tts_values[Anum_es_recorded_at - 1] = TimestampTzGetDatum(now);
+			slot->tts_values[Anum_es_event_hash - 1] = PointerGetDatum(hashes[i]);
 			ExecStoreVirtualTuple(slot);
 			table_tuple_insert(events, slot, cid, 0, NULL);
 			(void) ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
@@ -407,7 +443,7 @@ EsAppend(text *application, EsEventIn *in, int n, text *upstream, int64 upstream
 		for (int i = 0; i < n; i++)
 			sorted[i] = &in[i];
 		qsort(sorted, n, sizeof(EsEventIn *), EsCompareByAggregate);
-		EsCheckVersions(&rels, events, appname, app_id, sorted, n);
+		EsCheckVersions(&rels, events, application, appname, app_id, sorted, n);
 	}
 	if (upstream != NULL)
 		EsRecordTracking(&rels, app_id, appname, upstream, upstream_position);

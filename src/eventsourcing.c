@@ -56,9 +56,13 @@ EsSharedMemoryReady(void)
 void
 _PG_init(void)
 {
-	if (!process_shared_preload_libraries_in_progress)
-		return;
-
+	DefineCustomBoolVariable("eventsourcing.allow_rewrite",
+							 "Lets UPDATE, DELETE and TRUNCATE change recorded events and seals (superusers only).",
+							 "The administrative path around the append-only guard; es_verify_log reports what was changed.",
+							 &es_allow_rewrite,
+							 false,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
 	DefineCustomIntVariable("eventsourcing.max_applications",
 							"Maximum number of applications (per cluster) that can be appended to since server start.",
 							"Each application that is appended to uses one id counter in shared memory.",
@@ -74,6 +78,9 @@ _PG_init(void)
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("eventsourcing");
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = EsShmemRequest;

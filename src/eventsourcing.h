@@ -14,6 +14,7 @@
 
 #include "postgres.h"
 
+#include "access/skey.h"
 #include "utils/acl.h"
 #include "utils/rel.h"
 #include "utils/snapshot.h"
@@ -31,7 +32,11 @@
 #define Anum_es_topic				5
 #define Anum_es_state				6
 #define Anum_es_recorded_at			7
-#define Natts_es_stored_events		7
+#define Anum_es_event_hash			8
+#define Natts_es_stored_events		8
+
+/* SHA-256 */
+#define ES_HASH_LEN					32
 
 /* The OIDs of the extension's relations, looked up per call. */
 typedef struct EsRelations
@@ -100,6 +105,38 @@ typedef struct EsCounterRef
 extern int64 EsComputeWatermark(EsCounter *counter);
 extern int	EsCountersOfDatabase(Oid dboid, EsCounterRef *refs, int max);
 extern void EsForgetStaleCounters(Oid dboid, Oid keep_relid);
+
+/* read.c: the log walk */
+typedef struct EsLogScan
+{
+	EsRelations rels;
+	int32		app_id;
+	Relation	events;
+	Relation	pkey;
+	Snapshot	snapshot;
+	ScanKeyData keys[3];
+	struct IndexScanDescData *scan;
+	struct TupleTableSlot *slot;
+	EsGapResolver resolver;
+	int64		expected;		/* the next id if there is no gap */
+	bool		blocked;		/* stopped before an id that may appear */
+	bool		collect_gaps;
+	int64	   *gaps;			/* permanent gaps passed */
+	int			ngaps;
+	int			gaps_cap;
+} EsLogScan;
+
+extern void EsLogScanBegin(EsLogScan *s, const EsRelations *rels, int32 app_id,
+						   int64 start, int64 stop, bool collect_gaps);
+extern struct TupleTableSlot *EsLogScanNext(EsLogScan *s, int64 *id);
+extern void EsLogScanEnd(EsLogScan *s);
+
+/* integrity.c */
+extern void EsHashEvent(const uint8 *prev, const text *application,
+						const pg_uuid_t *originator_id, int64 version,
+						const text *topic, const bytea *state, uint8 *out);
+extern const uint8 es_genesis_hash[ES_HASH_LEN];
+extern bool es_allow_rewrite;
 
 /* worker.c */
 extern int	es_max_applications;

@@ -109,6 +109,81 @@ EsCheckMaxCount(int32 max_count)
 }
 
 /*
+ * The log walk shared by es_select and the seals: the visible events of an
+ * application from `start` up to `stop`, in id order, ending before the first
+ * id that may still become visible (the ordering protocol, ordering.c).
+ */
+void
+EsLogScanBegin(EsLogScan *s, const EsRelations *rels, int32 app_id,
+			   int64 start, int64 stop, bool collect_gaps)
+{
+	memset(s, 0, sizeof(*s));
+	s->rels = *rels;
+	s->app_id = app_id;
+	s->expected = start;
+	s->collect_gaps = collect_gaps;
+	s->gaps = NULL;
+	s->ngaps = 0;
+	s->events = table_open(rels->events, AccessShareLock);
+	s->pkey = index_open(rels->events_pkey, AccessShareLock);
+	s->snapshot = RegisterSnapshot(GetActiveSnapshot());
+	EsGapResolverInit(&s->resolver, &s->rels, s->events, s->pkey, app_id, s->snapshot);
+	ScanKeyInit(&s->keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	ScanKeyInit(&s->keys[1], 2, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(start));
+	ScanKeyInit(&s->keys[2], 2, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(stop));
+	s->scan = index_beginscan(s->events, s->pkey, s->snapshot, 3, 0);
+	index_rescan(s->scan, s->keys, 3, NULL, 0);
+	s->slot = table_slot_create(s->events, NULL);
+}
+
+/* The next event (all attributes deformed in the slot), or NULL at the end. */
+TupleTableSlot *
+EsLogScanNext(EsLogScan *s, int64 *id_out)
+{
+	bool		isnull;
+	int64		id;
+
+	if (s->blocked || !index_getnext_slot(s->scan, ForwardScanDirection, s->slot))
+		return NULL;
+	id = DatumGetInt64(slot_getattr(s->slot, Anum_es_notification_id, &isnull));
+
+	/* The ordering protocol: never pass an id that may still appear. */
+	for (int64 g = s->expected; g < id; g++)
+	{
+		if (!EsGapIsPermanent(&s->resolver, g))
+		{
+			s->blocked = true;
+			return NULL;
+		}
+		if (s->collect_gaps)
+		{
+			if (s->ngaps == s->gaps_cap)
+			{
+				s->gaps_cap = Max(16, s->gaps_cap * 2);
+				s->gaps = s->gaps ? repalloc(s->gaps, sizeof(int64) * s->gaps_cap)
+					: palloc(sizeof(int64) * s->gaps_cap);
+			}
+			s->gaps[s->ngaps++] = g;
+		}
+	}
+	s->expected = id + 1;
+	slot_getallattrs(s->slot);
+	*id_out = id;
+	return s->slot;
+}
+
+void
+EsLogScanEnd(EsLogScan *s)
+{
+	EsGapResolverEnd(&s->resolver);
+	index_endscan(s->scan);
+	ExecDropSingleTupleTableSlot(s->slot);
+	UnregisterSnapshot(s->snapshot);
+	index_close(s->pkey, AccessShareLock);
+	table_close(s->events, AccessShareLock);
+}
+
+/*
  * es_select(application text, start bigint, max_count int, stop bigint,
  *			 topics text[]) RETURNS SETOF es_notification
  */
@@ -125,14 +200,9 @@ es_select(PG_FUNCTION_ARGS)
 	EsTopicFilter filter;
 	EsRelations rels;
 	int32		app_id;
-	Relation	events;
-	Relation	pkey;
-	Snapshot	snapshot;
-	IndexScanDesc scan;
-	ScanKeyData keys[3];
+	EsLogScan	scan;
 	TupleTableSlot *slot;
-	EsGapResolver resolver;
-	int64		expected;
+	int64		id;
 	int			count = 0;
 
 	if (PG_ARGISNULL(2))
@@ -156,41 +226,12 @@ es_select(PG_FUNCTION_ARGS)
 	if (stop < start)
 		return (Datum) 0;
 
-	events = table_open(rels.events, AccessShareLock);
-	pkey = index_open(rels.events_pkey, AccessShareLock);
-	snapshot = RegisterSnapshot(GetActiveSnapshot());
-	EsGapResolverInit(&resolver, &rels, events, pkey, app_id, snapshot);
-
-	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
-	ScanKeyInit(&keys[1], 2, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(start));
-	ScanKeyInit(&keys[2], 2, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(stop));
-	scan = index_beginscan(events, pkey, snapshot, 3, 0);
-	index_rescan(scan, keys, 3, NULL, 0);
-	slot = table_slot_create(events, NULL);
-
-	expected = start;
-	while (count < max_count && index_getnext_slot(scan, ForwardScanDirection, slot))
+	EsLogScanBegin(&scan, &rels, app_id, start, stop, false);
+	while (count < max_count && (slot = EsLogScanNext(&scan, &id)) != NULL)
 	{
-		Datum		values[6];
-		bool		nulls[6] = {false, false, false, false, false, false};
-		bool		isnull;
-		int64		id = DatumGetInt64(slot_getattr(slot, Anum_es_notification_id, &isnull));
-		bool		blocked = false;
+		Datum		values[7];
+		bool		nulls[7] = {false, false, false, false, false, false, false};
 
-		/* The ordering protocol: never pass an id that may still appear. */
-		for (int64 g = expected; g < id; g++)
-		{
-			if (!EsGapIsPermanent(&resolver, g))
-			{
-				blocked = true;
-				break;
-			}
-		}
-		if (blocked)
-			break;
-		expected = id + 1;
-
-		slot_getallattrs(slot);
 		if (!EsTopicMatches(&filter, slot->tts_values[Anum_es_topic - 1]))
 			continue;
 		values[0] = Int64GetDatum(id);
@@ -199,16 +240,11 @@ es_select(PG_FUNCTION_ARGS)
 		values[3] = slot->tts_values[Anum_es_topic - 1];
 		values[4] = slot->tts_values[Anum_es_state - 1];
 		values[5] = slot->tts_values[Anum_es_recorded_at - 1];
+		values[6] = slot->tts_values[Anum_es_event_hash - 1];
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		count++;
 	}
-
-	EsGapResolverEnd(&resolver);
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	UnregisterSnapshot(snapshot);
-	index_close(pkey, AccessShareLock);
-	table_close(events, AccessShareLock);
+	EsLogScanEnd(&scan);
 	return (Datum) 0;
 }
 
@@ -267,8 +303,8 @@ es_events(PG_FUNCTION_ARGS)
 	while (count < max_count &&
 		   index_getnext_slot(scan, descending ? BackwardScanDirection : ForwardScanDirection, slot))
 	{
-		Datum		values[5];
-		bool		nulls[5] = {false, false, false, false, false};
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
 
 		slot_getallattrs(slot);
 		values[0] = slot->tts_values[Anum_es_originator_id - 1];
@@ -276,6 +312,7 @@ es_events(PG_FUNCTION_ARGS)
 		values[2] = slot->tts_values[Anum_es_topic - 1];
 		values[3] = slot->tts_values[Anum_es_state - 1];
 		values[4] = slot->tts_values[Anum_es_recorded_at - 1];
+		values[5] = slot->tts_values[Anum_es_event_hash - 1];
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		count++;
 	}

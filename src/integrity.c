@@ -1,0 +1,883 @@
+/*
+ * integrity.c
+ *		Hash chains, heads, verification, seals and the append-only guard.
+ *
+ * WHAT IS HASHED
+ *
+ * Every event's hash is SHA-256 (OpenSSL) over, in order:
+ *	"es-event-v1"							(domain tag, 11 bytes)
+ *	the previous event's hash				(32 bytes; 32 zero bytes for the
+ *											 aggregate's first event: genesis)
+ *	length of the application name, name	(uint32 big-endian, bytes)
+ *	originator_id							(16 bytes)
+ *	originator_version						(int64 big-endian)
+ *	length of the topic, topic				(uint32 big-endian, bytes)
+ *	length of the state, state				(uint32 big-endian, the stored bytes)
+ * Lengths make the encoding unambiguous; the state is hashed as stored, so a
+ * later compressed or encrypted state is covered as it is kept.
+ *
+ * A seal is SHA-256 over "es-seal-v1", the previous seal's digest (zeros for
+ * the first), the application name (length-prefixed), the last id of the
+ * previous seal and of this one, and then, for every event of the log in
+ * that range in id order, its id (int64 big-endian) and its hash.  Seals
+ * chain like events, so deleting a whole aggregate, or the last events of
+ * one, or inserting an event into a sealed range, changes a sealed digest.
+ *
+ * A hash chain without a key proves nothing against someone who can rewrite
+ * the whole chain: keep heads (es_head) or seal digests (es_seal) outside the
+ * database, and verify against them.
+ */
+#include "postgres.h"
+
+#include <openssl/evp.h>
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "port/pg_bswap.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+
+#include "eventsourcing.h"
+
+#define ES_SEAL_LOCK_CLASS 0x4554
+
+const uint8 es_genesis_hash[ES_HASH_LEN] = {0};
+bool		es_allow_rewrite = false;
+
+static EVP_MD_CTX *es_md = NULL;
+
+static void
+EsDigestBegin(void)
+{
+	if (es_md == NULL)
+	{
+		es_md = EVP_MD_CTX_new();
+		if (es_md == NULL)
+			elog(ERROR, "eventsourcing: out of memory for a digest context");
+	}
+	if (EVP_DigestInit_ex(es_md, EVP_sha256(), NULL) != 1)
+		elog(ERROR, "eventsourcing: could not initialize SHA-256");
+}
+
+static void
+EsDigest(const void *data, Size len)
+{
+	if (len > 0 && EVP_DigestUpdate(es_md, data, len) != 1)
+		elog(ERROR, "eventsourcing: SHA-256 update failed");
+}
+
+static void
+EsDigestInt64(int64 v)
+{
+	uint64		be = pg_hton64((uint64) v);
+
+	EsDigest(&be, sizeof(be));
+}
+
+static void
+EsDigestBytes(const char *data, Size len)
+{
+	uint32		be = pg_hton32((uint32) len);
+
+	EsDigest(&be, sizeof(be));
+	EsDigest(data, len);
+}
+
+static void
+EsDigestEnd(uint8 *out)
+{
+	unsigned int len = 0;
+
+	if (EVP_DigestFinal_ex(es_md, out, &len) != 1 || len != ES_HASH_LEN)
+		elog(ERROR, "eventsourcing: SHA-256 final failed");
+}
+
+void
+EsHashEvent(const uint8 *prev, const text *application,
+			const pg_uuid_t *originator_id, int64 version,
+			const text *topic, const bytea *state, uint8 *out)
+{
+	EsDigestBegin();
+	EsDigest("es-event-v1", 11);
+	EsDigest(prev, ES_HASH_LEN);
+	EsDigestBytes(VARDATA_ANY(application), VARSIZE_ANY_EXHDR(application));
+	EsDigest(originator_id->data, UUID_LEN);
+	EsDigestInt64(version);
+	EsDigestBytes(VARDATA_ANY(topic), VARSIZE_ANY_EXHDR(topic));
+	EsDigestBytes(VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state));
+	EsDigestEnd(out);
+}
+
+static bytea *
+EsHashToBytea(const uint8 *hash)
+{
+	bytea	   *b = palloc(VARHDRSZ + ES_HASH_LEN);
+
+	SET_VARSIZE(b, VARHDRSZ + ES_HASH_LEN);
+	memcpy(VARDATA(b), hash, ES_HASH_LEN);
+	return b;
+}
+
+/* The stored hash of a row, or zeros if it is not 32 bytes (then no match). */
+static void
+EsStoredHash(TupleTableSlot *slot, uint8 *out)
+{
+	bytea	   *b = DatumGetByteaPP(slot->tts_values[Anum_es_event_hash - 1]);
+
+	if (VARSIZE_ANY_EXHDR(b) == ES_HASH_LEN)
+		memcpy(out, VARDATA_ANY(b), ES_HASH_LEN);
+	else
+		memset(out, 0xff, ES_HASH_LEN);
+}
+
+/*
+ * CHAIN VERIFICATION
+ *
+ * One aggregate's rows are read in version order; for each we keep its
+ * version, notification id, stored hash and whether that hash matches its
+ * content chained to the previous row's stored hash.  Then the first problem
+ * is classified: a version missing, two versions out of the order in which
+ * they were recorded (notification ids of one aggregate always grow with its
+ * versions), content that does not match its hash, or a head kept outside
+ * the database that is not in the chain.
+ */
+typedef struct EsChainRow
+{
+	int64		version;
+	int64		id;
+	uint8		stored[ES_HASH_LEN];
+	bool		matches;
+} EsChainRow;
+
+typedef struct EsChain
+{
+	pg_uuid_t	originator_id;
+	EsChainRow *rows;
+	int			n;
+	int			cap;
+} EsChain;
+
+typedef struct EsChainProblem
+{
+	bool		broken;
+	int64		version;
+	const char *problem;
+	char	   *detail;
+} EsChainProblem;
+
+static void
+EsChainAdd(EsChain *c, TupleTableSlot *slot, const text *application)
+{
+	EsChainRow *row;
+	uint8		computed[ES_HASH_LEN];
+
+	if (c->n == c->cap)
+	{
+		c->cap = Max(64, c->cap * 2);
+		c->rows = c->rows ? repalloc_huge(c->rows, sizeof(EsChainRow) * c->cap)
+			: palloc(sizeof(EsChainRow) * c->cap);
+	}
+	row = &c->rows[c->n];
+	row->version = DatumGetInt64(slot->tts_values[Anum_es_originator_version - 1]);
+	row->id = DatumGetInt64(slot->tts_values[Anum_es_notification_id - 1]);
+	EsStoredHash(slot, row->stored);
+	EsHashEvent(c->n == 0 ? es_genesis_hash : c->rows[c->n - 1].stored, application,
+				&c->originator_id, row->version,
+				DatumGetTextPP(slot->tts_values[Anum_es_topic - 1]),
+				DatumGetByteaPP(slot->tts_values[Anum_es_state - 1]),
+				computed);
+	row->matches = memcmp(computed, row->stored, ES_HASH_LEN) == 0;
+	c->n++;
+}
+
+static EsChainProblem
+EsChainCheck(const EsChain *c, bytea *expected_head)
+{
+	EsChainProblem p = {false, 0, NULL, NULL};
+
+	for (int i = 0; i < c->n; i++)
+	{
+		const EsChainRow *r = &c->rows[i];
+
+		if (i == 0 && r->version > 1)
+		{
+			p.broken = true;
+			p.version = r->version - 1;
+			p.problem = "missing version";
+			p.detail = psprintf("The first recorded version is " INT64_FORMAT "; versions before it are missing.",
+								r->version);
+			return p;
+		}
+		if (i > 0 && r->version != c->rows[i - 1].version + 1)
+		{
+			p.broken = true;
+			p.version = c->rows[i - 1].version + 1;
+			p.problem = "missing version";
+			p.detail = psprintf("Version " INT64_FORMAT " is followed by version " INT64_FORMAT ".",
+								c->rows[i - 1].version, r->version);
+			return p;
+		}
+		/* A broken link just before an older event is a swap, not an edit. */
+		if ((i > 0 && r->id < c->rows[i - 1].id) ||
+			(!r->matches && i + 1 < c->n && c->rows[i + 1].id < r->id))
+		{
+			p.broken = true;
+			p.version = r->version;
+			p.problem = "reordered";
+			p.detail = psprintf("Version " INT64_FORMAT " (notification " INT64_FORMAT ") is out of the order in which the versions were recorded.",
+								r->version, r->id);
+			return p;
+		}
+		if (!r->matches)
+		{
+			p.broken = true;
+			p.version = r->version;
+			p.problem = "changed content";
+			p.detail = psprintf("The stored hash of version " INT64_FORMAT " (notification " INT64_FORMAT ") does not match its content chained to the previous version.",
+								r->version, r->id);
+			return p;
+		}
+	}
+	if (expected_head != NULL)
+	{
+		bool		found = false;
+
+		if (VARSIZE_ANY_EXHDR(expected_head) == ES_HASH_LEN)
+			for (int i = c->n - 1; i >= 0 && !found; i--)
+				found = memcmp(c->rows[i].stored, VARDATA_ANY(expected_head), ES_HASH_LEN) == 0;
+		if (!found)
+		{
+			p.broken = true;
+			p.version = c->n > 0 ? c->rows[c->n - 1].version : 0;
+			p.problem = "head mismatch";
+			p.detail = pstrdup("The head kept outside the database is not the hash of any recorded version: events were removed or rewritten at the end.");
+		}
+	}
+	return p;
+}
+
+/* Reads one aggregate's rows (all attributes) into a chain. */
+static void
+EsReadChain(const EsRelations *rels, int32 app_id, const text *application,
+			pg_uuid_t *originator_id, EsChain *chain)
+{
+	Relation	events = table_open(rels->events, AccessShareLock);
+	Relation	idx = index_open(rels->events_version_idx, AccessShareLock);
+	Snapshot	snapshot = RegisterSnapshot(GetActiveSnapshot());
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
+	TupleTableSlot *slot = table_slot_create(events, NULL);
+
+	memset(chain, 0, sizeof(*chain));
+	chain->originator_id = *originator_id;
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
+	scan = index_beginscan(events, idx, snapshot, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		slot_getallattrs(slot);
+		EsChainAdd(chain, slot, application);
+		ExecClearTuple(slot);
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(idx, AccessShareLock);
+	table_close(events, AccessShareLock);
+}
+
+static pg_uuid_t *
+EsArgUuid(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", name)));
+	return PG_GETARG_UUID_P(argno);
+}
+
+/* es_head(application text, originator_id uuid) RETURNS bytea */
+PG_FUNCTION_INFO_V1(es_head);
+Datum
+es_head(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	pg_uuid_t  *originator_id = EsArgUuid(fcinfo, 1, "originator_id");
+	EsRelations rels;
+	int32		app_id;
+	Relation	events;
+	Relation	idx;
+	Snapshot	snapshot;
+	IndexScanDesc scan;
+	ScanKeyData keys[2];
+	TupleTableSlot *slot;
+	bytea	   *head = NULL;
+
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+
+	events = table_open(rels.events, AccessShareLock);
+	idx = index_open(rels.events_version_idx, AccessShareLock);
+	snapshot = RegisterSnapshot(GetActiveSnapshot());
+	slot = table_slot_create(events, NULL);
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
+	scan = index_beginscan(events, idx, snapshot, 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	if (index_getnext_slot(scan, BackwardScanDirection, slot))
+	{
+		bool		isnull;
+
+		head = DatumGetByteaPCopy(slot_getattr(slot, Anum_es_event_hash, &isnull));
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(idx, AccessShareLock);
+	table_close(events, AccessShareLock);
+	if (head == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_BYTEA_P(head);
+}
+
+/*
+ * es_verify(application text, originator_id uuid, expected_head bytea)
+ *	RETURNS es_verification
+ */
+PG_FUNCTION_INFO_V1(es_verify);
+Datum
+es_verify(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	pg_uuid_t  *originator_id = EsArgUuid(fcinfo, 1, "originator_id");
+	bytea	   *expected_head = PG_ARGISNULL(2) ? NULL : PG_GETARG_BYTEA_PP(2);
+	EsRelations rels;
+	int32		app_id;
+	EsChain		chain;
+	EsChainProblem p;
+	TupleDesc	tupdesc;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "eventsourcing: es_verify must return a composite type");
+	tupdesc = BlessTupleDesc(tupdesc);
+
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+	EsReadChain(&rels, app_id, application, originator_id, &chain);
+	p = EsChainCheck(&chain, expected_head);
+
+	values[0] = BoolGetDatum(!p.broken);
+	values[1] = Int64GetDatum(chain.n);
+	if (p.broken)
+	{
+		values[2] = Int64GetDatum(p.version);
+		values[3] = CStringGetTextDatum(p.problem);
+		values[4] = CStringGetTextDatum(p.detail);
+	}
+	else
+	{
+		nulls[2] = nulls[3] = nulls[4] = true;
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * SEALS
+ */
+
+static void
+EsLockSeals(int32 app_id)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) app_id, 0, ES_SEAL_LOCK_CLASS);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/* The digest of the log in (after, last], from the rows given in id order. */
+typedef struct EsSealDigest
+{
+	int64		count;
+} EsSealDigest;
+
+static void
+EsSealDigestBegin(const uint8 *previous, const text *application, int64 after, int64 last)
+{
+	EsDigestBegin();
+	EsDigest("es-seal-v1", 10);
+	EsDigest(previous, ES_HASH_LEN);
+	EsDigestBytes(VARDATA_ANY(application), VARSIZE_ANY_EXHDR(application));
+	EsDigestInt64(after);
+	EsDigestInt64(last);
+}
+
+static void
+EsSealDigestAdd(int64 id, TupleTableSlot *slot)
+{
+	uint8		stored[ES_HASH_LEN];
+
+	EsStoredHash(slot, stored);
+	EsDigestInt64(id);
+	EsDigest(stored, ES_HASH_LEN);
+}
+
+/* The last seal of an application: its last id and digest; false if none. */
+static bool
+EsLastSeal(const EsRelations *rels, int32 app_id, int64 *seal_id, int64 *last, uint8 *digest)
+{
+	StringInfoData sql;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1];
+	bool		found = false;
+
+	values[0] = Int32GetDatum(app_id);
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT seal_id, last_notification_id, digest FROM %s "
+					 "WHERE application_id = $1 ORDER BY seal_id DESC LIMIT 1",
+					 EsQualifiedName(rels, "es_seals"));
+	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "eventsourcing: could not read es_seals");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		bytea	   *d;
+
+		*seal_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		*last = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		d = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+		memset(digest, 0, ES_HASH_LEN);
+		if (VARSIZE_ANY_EXHDR(d) == ES_HASH_LEN)
+			memcpy(digest, VARDATA_ANY(d), ES_HASH_LEN);
+		found = true;
+	}
+	return found;
+}
+
+/*
+ * es_seal(application text) RETURNS es_seals
+ *
+ * Seals the log from the last seal up to the highest id readers can be
+ * given now (never past an id that may still appear), and returns the new
+ * seal, or the last one if there is nothing new (NULL if there is none).
+ */
+PG_FUNCTION_INFO_V1(es_seal);
+Datum
+es_seal(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	EsRelations rels;
+	int32		app_id;
+	int64		seal_id = 0;
+	int64		after = 0;
+	uint8		previous[ES_HASH_LEN];
+	uint8		digest[ES_HASH_LEN];
+	EsLogScan	scan;
+	TupleTableSlot *slot;
+	int64		id;
+	int64		last = 0;
+	int64		count = 0;
+	int64		*ids = NULL;
+	int			ids_cap = 0;
+	StringInfoData sql;
+	Datum		result;
+	bool		isnull;
+
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+	PreventCommandIfReadOnly("es_seal()");
+
+	EsLockSeals(app_id);
+	SPI_connect();
+	memset(previous, 0, ES_HASH_LEN);
+	(void) EsLastSeal(&rels, app_id, &seal_id, &after, previous);
+
+	/* First pass: which ids, and the last one (part of the digest's header). */
+	EsLogScanBegin(&scan, &rels, app_id, after + 1, PG_INT64_MAX, true);
+	while ((slot = EsLogScanNext(&scan, &id)) != NULL)
+	{
+		if (count == ids_cap)
+		{
+			ids_cap = Max(1024, ids_cap * 2);
+			ids = ids ? repalloc_huge(ids, sizeof(int64) * ids_cap) : palloc(sizeof(int64) * ids_cap);
+		}
+		ids[count++] = id;
+		last = id;
+	}
+	EsLogScanEnd(&scan);
+
+	if (count > 0)
+	{
+		Relation	events = table_open(rels.events, AccessShareLock);
+		Relation	pkey = index_open(rels.events_pkey, AccessShareLock);
+		Snapshot	snapshot = RegisterSnapshot(GetActiveSnapshot());
+		IndexScanDesc iscan;
+		ScanKeyData keys[3];
+		TupleTableSlot *s2 = table_slot_create(events, NULL);
+		int64		k = 0;
+		Oid			argtypes[8] = {INT4OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8ARRAYOID, BYTEAOID, BYTEAOID};
+		Datum		values[8];
+		Datum	   *gapd = palloc(sizeof(Datum) * Max(scan.ngaps, 1));
+
+		/* Second pass over the same ids, now knowing the range. */
+		EsSealDigestBegin(previous, application, after, last);
+		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+		ScanKeyInit(&keys[1], 2, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
+		ScanKeyInit(&keys[2], 2, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(last));
+		iscan = index_beginscan(events, pkey, snapshot, 3, 0);
+		index_rescan(iscan, keys, 3, NULL, 0);
+		while (index_getnext_slot(iscan, ForwardScanDirection, s2))
+		{
+			int64		rid = DatumGetInt64(slot_getattr(s2, Anum_es_notification_id, &isnull));
+
+			if (k >= count || ids[k] != rid)
+				elog(ERROR, "eventsourcing: the log changed while it was being sealed");
+			slot_getallattrs(s2);
+			EsSealDigestAdd(rid, s2);
+			k++;
+		}
+		index_endscan(iscan);
+		ExecDropSingleTupleTableSlot(s2);
+		UnregisterSnapshot(snapshot);
+		index_close(pkey, AccessShareLock);
+		table_close(events, AccessShareLock);
+		EsDigestEnd(digest);
+
+		for (int i = 0; i < scan.ngaps; i++)
+			gapd[i] = Int64GetDatum(scan.gaps[i]);
+		values[0] = Int32GetDatum(app_id);
+		values[1] = Int64GetDatum(seal_id + 1);
+		values[2] = Int64GetDatum(after);
+		values[3] = Int64GetDatum(last);
+		values[4] = Int64GetDatum(count);
+		values[5] = PointerGetDatum(construct_array(gapd, scan.ngaps, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[6] = PointerGetDatum(EsHashToBytea(previous));
+		values[7] = PointerGetDatum(EsHashToBytea(digest));
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "INSERT INTO %s (application_id, seal_id, after_notification_id, last_notification_id, "
+						 "event_count, gaps, previous_digest, digest, sealed_at) "
+						 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())",
+						 EsQualifiedName(&rels, "es_seals"));
+		if (SPI_execute_with_args(sql.data, 8, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "eventsourcing: could not insert the seal");
+		seal_id++;
+	}
+	else if (seal_id == 0)
+	{
+		SPI_finish();
+		PG_RETURN_NULL();
+	}
+
+	/* Return the seal's row. */
+	{
+		Oid			argtypes[2] = {INT4OID, INT8OID};
+		Datum		values[2];
+
+		values[0] = Int32GetDatum(app_id);
+		values[1] = Int64GetDatum(seal_id);
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "SELECT s FROM %s s WHERE application_id = $1 AND seal_id = $2",
+						 EsQualifiedName(&rels, "es_seals"));
+		if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, false, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			elog(ERROR, "eventsourcing: could not read the seal back");
+		result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		result = SPI_datumTransfer(result, false, -1);
+	}
+	SPI_finish();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * es_verify_log(application text) RETURNS SETOF es_log_problem
+ *
+ * Every aggregate's chain (its first broken link), then every seal: its link
+ * to the previous seal, and its digest recomputed from the events now in its
+ * range; a missing or an unexpected id is named.  No rows: intact.
+ */
+static void
+EsEmitProblem(ReturnSetInfo *rsinfo, const char *kind, pg_uuid_t *originator_id,
+			  bool has_version, int64 version, bool has_id, int64 id,
+			  bool has_seal, int64 seal, const char *problem, const char *detail)
+{
+	Datum		values[7];
+	bool		nulls[7] = {false, false, false, false, false, false, false};
+
+	values[0] = CStringGetTextDatum(kind);
+	if (originator_id)
+		values[1] = UUIDPGetDatum(originator_id);
+	else
+		nulls[1] = true;
+	values[2] = Int64GetDatum(version);
+	nulls[2] = !has_version;
+	values[3] = Int64GetDatum(id);
+	nulls[3] = !has_id;
+	values[4] = Int64GetDatum(seal);
+	nulls[4] = !has_seal;
+	values[5] = CStringGetTextDatum(problem);
+	values[6] = CStringGetTextDatum(detail);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+static void
+EsVerifyAllChains(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, text *application)
+{
+	Relation	events = table_open(rels->events, AccessShareLock);
+	Relation	idx = index_open(rels->events_version_idx, AccessShareLock);
+	Snapshot	snapshot = RegisterSnapshot(GetActiveSnapshot());
+	IndexScanDesc scan;
+	ScanKeyData key;
+	TupleTableSlot *slot = table_slot_create(events, NULL);
+	EsChain		chain;
+	bool		have = false;
+
+	memset(&chain, 0, sizeof(chain));
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	scan = index_beginscan(events, idx, snapshot, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	for (;;)
+	{
+		bool		more = index_getnext_slot(scan, ForwardScanDirection, slot);
+		pg_uuid_t  *oid = NULL;
+
+		if (more)
+		{
+			slot_getallattrs(slot);
+			oid = DatumGetUUIDP(slot->tts_values[Anum_es_originator_id - 1]);
+		}
+		if (have && (!more || memcmp(oid->data, chain.originator_id.data, UUID_LEN) != 0))
+		{
+			EsChainProblem p = EsChainCheck(&chain, NULL);
+
+			if (p.broken)
+				EsEmitProblem(rsinfo, "aggregate", &chain.originator_id, true, p.version,
+							  false, 0, false, 0, p.problem, p.detail);
+			chain.n = 0;
+			have = false;
+		}
+		if (!more)
+			break;
+		if (!have)
+		{
+			chain.originator_id = *oid;
+			have = true;
+		}
+		EsChainAdd(&chain, slot, application);
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(idx, AccessShareLock);
+	table_close(events, AccessShareLock);
+}
+
+static int
+EsCompareInt64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+static void
+EsVerifySeals(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, text *application)
+{
+	StringInfoData sql;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1];
+	uint8		previous[ES_HASH_LEN];
+	int64		prev_last = 0;
+	int64		expected_seal = 1;
+	Relation	events = table_open(rels->events, AccessShareLock);
+	Relation	pkey = index_open(rels->events_pkey, AccessShareLock);
+	Snapshot	snapshot = RegisterSnapshot(GetActiveSnapshot());
+	TupleTableSlot *slot = table_slot_create(events, NULL);
+	SPITupleTable *seals;
+	uint64		nseals;
+
+	memset(previous, 0, ES_HASH_LEN);
+	values[0] = Int32GetDatum(app_id);
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT seal_id, after_notification_id, last_notification_id, event_count, gaps, "
+					 "previous_digest, digest FROM %s WHERE application_id = $1 ORDER BY seal_id",
+					 EsQualifiedName(rels, "es_seals"));
+	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "eventsourcing: could not read es_seals");
+	seals = SPI_tuptable;
+	nseals = SPI_processed;
+
+	for (uint64 i = 0; i < nseals; i++)
+	{
+		HeapTuple	t = seals->vals[i];
+		TupleDesc	d = seals->tupdesc;
+		bool		isnull;
+		int64		seal_id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+		int64		after = DatumGetInt64(SPI_getbinval(t, d, 2, &isnull));
+		int64		last = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
+		int64		count = DatumGetInt64(SPI_getbinval(t, d, 4, &isnull));
+		ArrayType  *gaps_arr = DatumGetArrayTypeP(SPI_getbinval(t, d, 5, &isnull));
+		bytea	   *prevd = DatumGetByteaPP(SPI_getbinval(t, d, 6, &isnull));
+		bytea	   *digest = DatumGetByteaPP(SPI_getbinval(t, d, 7, &isnull));
+		Datum	   *gapd;
+		int			ngaps;
+		int64	   *gaps;
+		uint8		computed[ES_HASH_LEN];
+		IndexScanDesc scan;
+		ScanKeyData keys[3];
+		int64		next_expected = after + 1;
+		int64		present = 0;
+		bool		ids_ok = true;
+		int			gi = 0;
+
+		if (seal_id != expected_seal || after != prev_last ||
+			VARSIZE_ANY_EXHDR(prevd) != ES_HASH_LEN ||
+			memcmp(VARDATA_ANY(prevd), previous, ES_HASH_LEN) != 0)
+			EsEmitProblem(rsinfo, "seal", NULL, false, 0, true, after + 1, true, seal_id,
+						  "seal chain broken",
+						  psprintf("Seal " INT64_FORMAT " does not follow seal " INT64_FORMAT ": a seal was removed, reordered or rewritten.",
+								   seal_id, expected_seal - 1));
+
+		deconstruct_array(gaps_arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &gapd, NULL, &ngaps);
+		gaps = palloc(sizeof(int64) * Max(ngaps, 1));
+		for (int g = 0; g < ngaps; g++)
+			gaps[g] = DatumGetInt64(gapd[g]);
+		qsort(gaps, ngaps, sizeof(int64), EsCompareInt64);
+
+		EsSealDigestBegin(VARSIZE_ANY_EXHDR(prevd) == ES_HASH_LEN ? (uint8 *) VARDATA_ANY(prevd) : previous,
+						  application, after, last);
+		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+		ScanKeyInit(&keys[1], 2, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
+		ScanKeyInit(&keys[2], 2, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(last));
+		scan = index_beginscan(events, pkey, snapshot, 3, 0);
+		index_rescan(scan, keys, 3, NULL, 0);
+		for (;;)
+		{
+			bool		more = index_getnext_slot(scan, ForwardScanDirection, slot);
+			int64		id = more ? DatumGetInt64(slot_getattr(slot, Anum_es_notification_id, &isnull)) : last + 1;
+
+			/* Ids skipped before this one must have been gaps when sealed. */
+			for (int64 m = next_expected; m < id; m++)
+			{
+				while (gi < ngaps && gaps[gi] < m)
+					gi++;
+				if (gi >= ngaps || gaps[gi] != m)
+				{
+					ids_ok = false;
+					EsEmitProblem(rsinfo, "seal", NULL, false, 0, true, m, true, seal_id,
+								  "missing event",
+								  psprintf("Notification " INT64_FORMAT " was sealed in seal " INT64_FORMAT " and is gone.",
+										   m, seal_id));
+				}
+			}
+			if (!more)
+				break;
+			while (gi < ngaps && gaps[gi] < id)
+				gi++;
+			if (gi < ngaps && gaps[gi] == id)
+			{
+				ids_ok = false;
+				EsEmitProblem(rsinfo, "seal", NULL, false, 0, true, id, true, seal_id,
+							  "unexpected event",
+							  psprintf("Notification " INT64_FORMAT " was not in the log when seal " INT64_FORMAT " was made: it was inserted later.",
+									   id, seal_id));
+			}
+			slot_getallattrs(slot);
+			EsSealDigestAdd(id, slot);
+			present++;
+			next_expected = id + 1;
+		}
+		index_endscan(scan);
+		EsDigestEnd(computed);
+
+		if (ids_ok && (present != count || VARSIZE_ANY_EXHDR(digest) != ES_HASH_LEN ||
+					   memcmp(computed, VARDATA_ANY(digest), ES_HASH_LEN) != 0))
+			EsEmitProblem(rsinfo, "seal", NULL, false, 0, true, after + 1, true, seal_id,
+						  "seal mismatch",
+						  psprintf("The events in notifications " INT64_FORMAT " to " INT64_FORMAT " no longer match seal " INT64_FORMAT ": an event was changed.",
+								   after + 1, last, seal_id));
+
+		if (VARSIZE_ANY_EXHDR(digest) == ES_HASH_LEN)
+			memcpy(previous, VARDATA_ANY(digest), ES_HASH_LEN);
+		prev_last = last;
+		expected_seal = seal_id + 1;
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(pkey, AccessShareLock);
+	table_close(events, AccessShareLock);
+}
+
+PG_FUNCTION_INFO_V1(es_verify_log);
+Datum
+es_verify_log(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	text	   *application = EsArgApplication(fcinfo, 0);
+	EsRelations rels;
+	int32		app_id;
+
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+	InitMaterializedSRF(fcinfo, 0);
+
+	EsVerifyAllChains(rsinfo, &rels, app_id, application);
+	SPI_connect();
+	EsVerifySeals(rsinfo, &rels, app_id, application);
+	SPI_finish();
+	return (Datum) 0;
+}
+
+/*
+ * The append-only guard: a trigger on es_stored_events and es_seals, BEFORE
+ * UPDATE OR DELETE (each row) and BEFORE TRUNCATE.  Only a superuser who sets
+ * eventsourcing.allow_rewrite passes it.
+ */
+PG_FUNCTION_INFO_V1(es_append_only_guard);
+Datum
+es_append_only_guard(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	const char *what;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "eventsourcing: es_append_only_guard must be called as a trigger");
+	if (es_allow_rewrite)
+		return TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ? PointerGetDatum(
+			TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? trigdata->tg_newtuple : trigdata->tg_trigtuple) : (Datum) 0;
+
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		what = "UPDATE";
+	else if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+		what = "DELETE";
+	else
+		what = "TRUNCATE";
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("%s on %s is not allowed: recorded events are append-only",
+					what, RelationGetRelationName(trigdata->tg_relation)),
+			 errhint("Append new events with es_append. A superuser can SET eventsourcing.allow_rewrite = on to repair data; es_verify_log will report what changed.")));
+	return (Datum) 0;
+}

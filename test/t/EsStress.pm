@@ -1,0 +1,135 @@
+# Shared by the TAP tests of test/t: clusters set up for the extension, and
+# the stress driver (test/stress/ordering_stress.py) run against them.
+package EsStress;
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use IPC::Run;
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+use Exporter 'import';
+our @EXPORT = qw(es_node es_driver_cmd es_run_driver es_start_driver es_finish_driver
+  es_summary es_children);
+
+# pg_regress (its --config-auth sets up authentication in init) when the
+# caller did not say where it is (test/scripts/test.sh does).
+BEGIN
+{
+	if (!defined $ENV{PG_REGRESS})
+	{
+		my $pgxs = `pg_config --pgxs 2>/dev/null`;
+		chomp $pgxs;
+		$pgxs = '/usr/lib/postgresql/15/lib/pgxs/src/makefiles/pgxs.mk' if $pgxs eq '';
+		$ENV{PG_REGRESS} = dirname(dirname(dirname($pgxs))) . '/src/test/regress/pg_regress';
+	}
+}
+
+our $ROOT   = $ENV{ES_ROOT} // abs_path(dirname(__FILE__) . '/../..');
+our $DRIVER = "$ROOT/test/stress/ordering_stress.py";
+# Debian's python3-psycopg is installed for the system interpreter only.
+our $PYTHON = '/usr/bin/python3';
+
+# A new cluster (not started) that preloads the extension and has room for
+# the driver's connections and prepared transactions.
+sub es_node
+{
+	my ($name, %params) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(%params);
+	$node->append_conf(
+		'postgresql.conf', qq(
+shared_preload_libraries = 'eventsourcing'
+max_connections = 64
+max_prepared_transactions = 32
+shared_buffers = 32MB
+log_statement = none
+));
+	return $node;
+}
+
+sub es_driver_cmd
+{
+	my (%o) = @_;
+	my @cmd = ($PYTHON, $DRIVER);
+	for my $k (sort keys %o)
+	{
+		my $flag = '--' . ($k =~ tr/_/-/r);
+		if (!defined $o{$k})    # a flag without a value
+		{
+			push @cmd, $flag;
+		}
+		else
+		{
+			push @cmd, $flag, $o{$k};
+		}
+	}
+	return \@cmd;
+}
+
+# Runs the driver to its end; returns (exit status, stdout, stderr).
+sub es_run_driver
+{
+	my (%o) = @_;
+	my $cmd = es_driver_cmd(%o);
+	my ($out, $err) = ('', '');
+	note "running: @$cmd";
+	IPC::Run::run($cmd, '>', \$out, '2>', \$err,
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default * 2));
+	my $rc = $? >> 8;
+	note $out;
+	note "stderr: $err" if $err ne '';
+	return ($rc, $out, $err);
+}
+
+sub es_start_driver
+{
+	my (%o) = @_;
+	my $cmd = es_driver_cmd(%o);
+	my ($out, $err) = ('', '');
+	note "starting: @$cmd";
+	my $h = IPC::Run::start($cmd, '>', \$out, '2>', \$err,
+		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default * 2));
+	return { h => $h, out => \$out, err => \$err };
+}
+
+sub es_finish_driver
+{
+	my ($d) = @_;
+	$d->{h}->finish;
+	my $rc = $d->{h}->result(0);
+	note ${ $d->{out} };
+	note "stderr: ${ $d->{err} }" if ${ $d->{err} } ne '';
+	return ($rc, ${ $d->{out} }, ${ $d->{err} });
+}
+
+# The driver's SUMMARY line, decoded (undef if missing).
+sub es_summary
+{
+	my ($out) = @_;
+	return undef unless $out =~ /^SUMMARY (\{.*\})$/m;
+	return JSON::PP::decode_json($1);
+}
+
+# The pids of the children of a process.
+sub es_children
+{
+	my ($ppid) = @_;
+	my @kids;
+	for my $d (glob '/proc/[0-9]*')
+	{
+		open my $fh, '<', "$d/stat" or next;
+		my $s = <$fh>;
+		close $fh;
+		next unless defined $s && $s =~ /^(\d+) \(.*\) \S+ (\d+) /s;
+		push @kids, $1 if $2 == $ppid;
+	}
+	return @kids;
+}
+
+1;
