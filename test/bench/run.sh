@@ -102,6 +102,47 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 
+# --- verification speed: es_verify over N events against reading the same rows
+VERIFY_EVENTS=${BENCH_VERIFY_EVENTS:-100000}
+psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
+SELECT es_create_application('verify');
+-- one aggregate of N events, and N events over 1000 aggregates
+SELECT count(*) FROM generate_series(0, $VERIFY_EVENTS / 1000 - 1) b,
+    LATERAL es_append('verify', ARRAY(
+        SELECT ROW('00000000-0000-4000-8000-000000000001'::uuid, b * 1000 + i, 'Bench.Event',
+                   convert_to('{"n":' || (b * 1000 + i) || ',"text":"some event state of a typical size"}', 'UTF8'))::es_event
+        FROM generate_series(1, 1000) i));
+SELECT es_create_application('verify_many');
+SELECT count(*) FROM generate_series(0, $VERIFY_EVENTS / 1000 - 1) b,
+    LATERAL es_append('verify_many', ARRAY(
+        SELECT ROW(('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid, b + 1, 'Bench.Event',
+                   convert_to('{"n":' || (b * 1000 + i) || ',"text":"some event state of a typical size"}', 'UTF8'))::es_event
+        FROM generate_series(1, 1000) i));
+SELECT es_seal('verify_many') IS NOT NULL;
+VACUUM ANALYZE es_stored_events;
+SQL
+cat >"$WORK/read_one.sql" <<'SQL'
+SELECT count(*), sum(octet_length(state)) FROM es_events('verify', '00000000-0000-4000-8000-000000000001');
+SQL
+cat >"$WORK/verify_one.sql" <<'SQL'
+SELECT ok FROM es_verify('verify', '00000000-0000-4000-8000-000000000001');
+SQL
+cat >"$WORK/read_log.sql" <<'SQL'
+SELECT count(*), sum(octet_length(state)) FROM es_select('verify_many', 1, 2000000000);
+SQL
+cat >"$WORK/verify_log.sql" <<'SQL'
+SELECT count(*) FROM es_verify_log('verify_many');
+SQL
+declare -A VLAT
+for ((r = 1; r <= ROUNDS; r++)); do
+    for s in read_one verify_one read_log verify_log; do
+        out=$("$PG_BIN/pgbench" -n -c 1 -t 5 -f "$WORK/$s.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
+        lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+        log "round $r, $s over $VERIFY_EVENTS events: $lat ms"
+        VLAT[$s]="${VLAT[$s]:-} $lat"
+    done
+done
+
 mean() { echo "$@" | tr ' ' '\n' | awk 'NF {s += $1; n++} END {printf "%.3f", s / n}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
@@ -121,5 +162,13 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
     echo "| batches of 100 events, $BATCH_CLIENTS clients | multi-row INSERT events/s | es_append events/s | es_append / INSERT |"
     echo "| --- | ---: | ---: | ---: |"
     echo "| | $pe | $ee | $(ratio "$e" "$p") |"
+    echo
+    echo "| $VERIFY_EVENTS events | read the rows, events/s | verify, events/s | verify / read |"
+    echo "| --- | ---: | ---: | ---: |"
+    for pair in "one aggregate:es_events:read_one:es_verify:verify_one" "1000 aggregates and a seal:es_select:read_log:es_verify_log:verify_log"; do
+        IFS=: read -r label rname rkey vname vkey <<<"$pair"
+        rl=$(mean ${VLAT[$rkey]}); vl=$(mean ${VLAT[$vkey]})
+        echo "| $label: $rname vs $vname | $(awk -v n="$VERIFY_EVENTS" -v l="$rl" 'BEGIN {printf "%.0f", n / l * 1000}') | $(awk -v n="$VERIFY_EVENTS" -v l="$vl" 'BEGIN {printf "%.0f", n / l * 1000}') | $(ratio "$rl" "$vl") |"
+    done
 } | tee "$RESULTS/latest.md"
 rm -rf "$WORK"
