@@ -19,3 +19,23 @@ BEGIN
 END $$;
 SELECT count(*) AS published, sum(w.notification_id) AS sum_of_watermarks
 FROM es_watermarks w JOIN es_applications a ON a.id = w.application_id WHERE a.name LIKE 'wm%';
+
+-- With eventsourcing.seal_interval set, the worker seals every application.
+ALTER SYSTEM SET eventsourcing.seal_interval = '1s';
+SELECT pg_reload_conf();
+SELECT es_create_application('autoseal');
+SELECT pg_sleep(0.2);   -- let the worker see the new setting
+SELECT count(*) FROM (SELECT es_append('autoseal', gen_random_uuid(), 1, 'Created', '') FROM generate_series(1, 3)) s;
+DO $$
+BEGIN
+    FOR i IN 1 .. 300 LOOP
+        EXIT WHEN EXISTS (SELECT FROM es_seals s JOIN es_applications a ON a.id = s.application_id
+                          WHERE a.name = 'autoseal' AND s.last_notification_id = 3);
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT s.seal_id, s.after_notification_id, s.last_notification_id, s.event_count
+FROM es_seals s JOIN es_applications a ON a.id = s.application_id WHERE a.name = 'autoseal';
+SELECT count(*) AS problems FROM es_verify_log('autoseal');
+ALTER SYSTEM RESET eventsourcing.seal_interval;
+SELECT pg_reload_conf();

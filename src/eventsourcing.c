@@ -77,6 +77,13 @@ _PG_init(void)
 							20, 1, 60000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("eventsourcing.seal_interval",
+							"How often the eventsourcing worker seals every application's log (0: never).",
+							"Seals chain digests of the notification log; see es_seal.",
+							&es_seal_interval,
+							0, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("eventsourcing");
 
 	if (!process_shared_preload_libraries_in_progress)

@@ -141,6 +141,7 @@ extern bool es_allow_rewrite;
 /* worker.c */
 extern int	es_max_applications;
 extern int	es_worker_naptime;
+extern int	es_seal_interval;
 extern Size EsWorkerShmemSize(void);
 extern void EsWorkerShmemInit(void);
 extern void EsWakeWorker(void);

@@ -9,6 +9,10 @@
  * synchronous_commit off: the watermark is only a hint for hot-standby
  * readers, it never holds a writer back, and a lost one is recomputed.
  *
+ * With eventsourcing.seal_interval set, it also seals every application of
+ * the database that often (es_seal, integrity.c), and once more before it
+ * exits when idle.
+ *
  * The worker exits after two idle seconds (so that DROP DATABASE, which waits
  * five seconds for other sessions to leave, is not refused), when the
  * extension is dropped, or on SIGTERM; in every case the next append in the
@@ -34,7 +38,9 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/hsearch.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -65,6 +71,7 @@ static LWLock *es_worker_lock = NULL;
 static EsDatabase *my_database = NULL;	/* cached per backend */
 
 int			es_worker_naptime = 20;
+int			es_seal_interval = 0;
 
 PGDLLEXPORT void es_worker_main(Datum main_arg);
 
@@ -243,6 +250,36 @@ EsPublishWatermarks(HTAB *published, bool *worked)
 	return installed;
 }
 
+/*
+ * Seals every application of this database (es_seal), when
+ * eventsourcing.seal_interval is set.  Runs as the worker's superuser.
+ */
+static void
+EsSealAll(void)
+{
+	EsRelations rels;
+	StringInfoData sql;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "sealing");
+	if (EsLookupRelationsIfInstalled(&rels))
+	{
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "SELECT %s(name) FROM %s ORDER BY id",
+						 quote_qualified_identifier(get_namespace_name(rels.namespace), "es_seal"),
+						 EsQualifiedName(&rels, "es_applications"));
+		SPI_connect();
+		if (SPI_execute(sql.data, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "eventsourcing: could not seal");
+		SPI_finish();
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
 /* However the worker ends, the next append in this database starts another. */
 static void
 EsWorkerExit(int code, Datum arg)
@@ -263,6 +300,7 @@ es_worker_main(Datum main_arg)
 	HTAB	   *published;
 	bool		found;
 	TimestampTz idle_since = GetCurrentTimestamp();
+	TimestampTz last_seal = GetCurrentTimestamp();
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -307,6 +345,12 @@ es_worker_main(Datum main_arg)
 		}
 		if (!EsPublishWatermarks(published, &worked))
 			break;				/* extension dropped */
+		if (es_seal_interval > 0 &&
+			TimestampDifferenceExceeds(last_seal, GetCurrentTimestamp(), es_seal_interval * 1000))
+		{
+			EsSealAll();
+			last_seal = GetCurrentTimestamp();
+		}
 
 		/*
 		 * Exit when idle, so that the worker does not keep DROP DATABASE
@@ -324,6 +368,8 @@ es_worker_main(Datum main_arg)
 			EsWorkerExit(0, (Datum) 0);
 			pg_memory_barrier();
 			(void) EsPublishWatermarks(published, &worked);
+			if (es_seal_interval > 0)
+				EsSealAll();	/* leave nothing unsealed while idle */
 			break;
 		}
 	}
