@@ -3,7 +3,7 @@
 
 EXTENSION  = eventsourcing
 MODULE_big = eventsourcing
-OBJS       = src/eventsourcing.o src/catalog.o src/ordering.o src/append.o src/read.o src/worker.o src/integrity.o
+OBJS       = src/eventsourcing.o src/catalog.o src/ordering.o src/append.o src/read.o src/worker.o src/integrity.o src/follow.o
 DATA       = sql/eventsourcing--0.1.0.sql
 PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wmissing-prototypes
 SHLIB_LINK = -lz -lcrypto
@@ -37,3 +37,6 @@ stop:
 # The benchmark harness (not part of the suite).
 bench:
 	bash test/bench/run.sh
+
+# PGXS does not track header dependencies.
+$(OBJS): src/eventsourcing.h

@@ -197,12 +197,13 @@ COMMENT ON FUNCTION @extschema@.es_append(text, uuid, bigint, text, bytea) IS
 --------------------------------------------------------------------------
 
 CREATE FUNCTION @extschema@.es_select(application text, start bigint, max_count integer,
-    stop bigint DEFAULT NULL, topics text[] DEFAULT NULL)
+    stop bigint DEFAULT NULL, topics text[] DEFAULT NULL,
+    group_member integer DEFAULT NULL, group_size integer DEFAULT NULL)
 RETURNS SETOF @extschema@.es_notification
 AS 'MODULE_PATHNAME', 'es_select'
 LANGUAGE C STABLE PARALLEL SAFE ROWS 100;
-COMMENT ON FUNCTION @extschema@.es_select(text, bigint, integer, bigint, text[]) IS
-    'The notification log from id start, at most max_count rows, up to id stop, only the given topics, in id order. Never returns an id above one that could still become visible.';
+COMMENT ON FUNCTION @extschema@.es_select(text, bigint, integer, bigint, text[], integer, integer) IS
+    'The notification log from id start, at most max_count rows, up to id stop, only the given topics, only the aggregates of consumer-group member group_member of group_size, in id order. Never returns an id above one that could still become visible.';
 
 CREATE FUNCTION @extschema@.es_events(application text, originator_id uuid,
     gt bigint DEFAULT NULL, lte bigint DEFAULT NULL, descending boolean DEFAULT false,
@@ -259,3 +260,28 @@ AS 'MODULE_PATHNAME', 'es_verify_log'
 LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.es_verify_log(text) IS
     'Verifies every aggregate''s chain and every seal of the application; returns one row per problem, none when intact.';
+
+--------------------------------------------------------------------------
+-- Following: the NOTIFY channel, waiting, consumer groups
+--------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.es_channel(application text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'es_channel'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.es_channel(text) IS
+    'The NOTIFY channel on which the worker announces the application''s new events: es:<name> (es:#<id> for names over 60 bytes). Payload: {"application": name, "notification_id": highest readable id}.';
+
+CREATE FUNCTION @extschema@.es_wait(application text, after bigint, timeout_ms integer DEFAULT 10000)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_wait'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.es_wait(text, bigint, integer) IS
+    'Blocks until the log has an id above after that readers can be given and returns the highest such id, or NULL once timeout_ms has passed. For followers that cannot LISTEN.';
+
+CREATE FUNCTION @extschema@.es_partition(originator_id uuid, group_size integer)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'es_partition'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.es_partition(uuid, integer) IS
+    'The consumer-group member (0 .. group_size - 1) that receives the events of an aggregate from es_select(..., group_member, group_size).';

@@ -133,6 +133,7 @@ EsLookupRelations(EsRelations *rels)
 	rels->namespace = EsExtensionSchema(ext);
 	rels->applications = EsRelid(rels->namespace, "es_applications");
 	rels->applications_name_idx = EsRelid(rels->namespace, "es_applications_name_key");
+	rels->applications_pkey = EsRelid(rels->namespace, "es_applications_pkey");
 	rels->events = EsRelid(rels->namespace, "es_stored_events");
 	rels->events_pkey = EsRelid(rels->namespace, "es_stored_events_pkey");
 	rels->events_version_idx = EsRelid(rels->namespace, "es_stored_events_version_key");
@@ -290,4 +291,32 @@ es_create_application(PG_FUNCTION_ARGS)
 		elog(ERROR, "eventsourcing: could not insert into es_applications");
 	SPI_finish();
 	PG_RETURN_VOID();
+}
+
+/* The name of an application by id, or NULL (latest snapshot). */
+char *
+EsApplicationName(const EsRelations *rels, int32 app_id)
+{
+	Relation	rel = table_open(rels->applications, AccessShareLock);
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	char	   *name = NULL;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	scan = systable_beginscan(rel, rels->applications_pkey, true, snapshot, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, 2, RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			name = TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+	return name;
 }

@@ -84,6 +84,13 @@ _PG_init(void)
 							0, 0, 86400,
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
+	DefineCustomBoolVariable("eventsourcing.notify",
+							 "Announces new events on each application's NOTIFY channel (from the background worker).",
+							 NULL,
+							 &es_notify,
+							 true,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
 	MarkGUCPrefixReserved("eventsourcing");
 
 	if (!process_shared_preload_libraries_in_progress)

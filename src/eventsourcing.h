@@ -15,6 +15,7 @@
 #include "postgres.h"
 
 #include "access/skey.h"
+#include "storage/condition_variable.h"
 #include "utils/acl.h"
 #include "utils/rel.h"
 #include "utils/snapshot.h"
@@ -44,6 +45,7 @@ typedef struct EsRelations
 	Oid			namespace;		/* the extension's schema */
 	Oid			applications;	/* es_applications */
 	Oid			applications_name_idx;
+	Oid			applications_pkey;
 	Oid			events;			/* es_stored_events */
 	Oid			events_pkey;	/* (application_id, notification_id) */
 	Oid			events_version_idx; /* (application_id, originator_id,
@@ -59,6 +61,7 @@ extern int32 EsLookupApplication(const EsRelations *rels, text *name);
 extern char *EsQualifiedName(const EsRelations *rels, const char *relname);
 extern void EsCheckTablePrivilege(Oid relid, AclMode mode);
 extern text *EsArgApplication(FunctionCallInfo fcinfo, int argno);
+extern char *EsApplicationName(const EsRelations *rels, int32 app_id);
 
 /* eventsourcing.c */
 extern bool EsSharedMemoryReady(void);
@@ -105,6 +108,7 @@ typedef struct EsCounterRef
 extern int64 EsComputeWatermark(EsCounter *counter);
 extern int	EsCountersOfDatabase(Oid dboid, EsCounterRef *refs, int max);
 extern void EsForgetStaleCounters(Oid dboid, Oid keep_relid);
+extern int64 EsCounterNext(EsCounter *counter);
 
 /* read.c: the log walk */
 typedef struct EsLogScan
@@ -138,10 +142,18 @@ extern void EsHashEvent(const uint8 *prev, const text *application,
 extern const uint8 es_genesis_hash[ES_HASH_LEN];
 extern bool es_allow_rewrite;
 
+/* follow.c */
+extern int32 EsPartition(const pg_uuid_t *originator_id, int32 group_size);
+extern void EsCheckGroup(bool has_member, int32 member, bool has_size, int32 size);
+
 /* worker.c */
 extern int	es_max_applications;
 extern int	es_worker_naptime;
 extern int	es_seal_interval;
+extern bool es_notify;
+extern char *EsChannel(text *application, int32 app_id);
+extern int64 EsReadableHead(const EsRelations *rels, int32 app_id, int64 after);
+extern ConditionVariable *EsNewEventsCV(void);
 extern Size EsWorkerShmemSize(void);
 extern void EsWorkerShmemInit(void);
 extern void EsWakeWorker(void);

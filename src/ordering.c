@@ -594,3 +594,10 @@ EsForgetStaleCounters(Oid dboid, Oid keep_relid)
 	}
 	LWLockRelease(es_shared->lock);
 }
+
+/* The next id the counter will hand out. */
+int64
+EsCounterNext(EsCounter *counter)
+{
+	return (int64) pg_atomic_read_u64(&counter->next);
+}

@@ -185,7 +185,8 @@ EsLogScanEnd(EsLogScan *s)
 
 /*
  * es_select(application text, start bigint, max_count int, stop bigint,
- *			 topics text[]) RETURNS SETOF es_notification
+ *			 topics text[], group_member int, group_size int)
+ *	RETURNS SETOF es_notification
  */
 PG_FUNCTION_INFO_V1(es_select);
 Datum
@@ -204,6 +205,9 @@ es_select(PG_FUNCTION_ARGS)
 	TupleTableSlot *slot;
 	int64		id;
 	int			count = 0;
+	bool		has_group;
+	int32		group_member = 0;
+	int32		group_size = 1;
 
 	if (PG_ARGISNULL(2))
 		ereport(ERROR,
@@ -217,6 +221,12 @@ es_select(PG_FUNCTION_ARGS)
 				 errmsg("start must be at least 1"),
 				 errdetail("The given start is " INT64_FORMAT "; notification ids start at 1.", start)));
 	EsParseTopics(fcinfo, 4, &filter);
+	has_group = !PG_ARGISNULL(6);
+	if (!PG_ARGISNULL(5))
+		group_member = PG_GETARG_INT32(5);
+	if (has_group)
+		group_size = PG_GETARG_INT32(6);
+	EsCheckGroup(!PG_ARGISNULL(5), group_member, has_group, group_size);
 
 	EsLookupRelations(&rels);
 	app_id = EsLookupApplication(&rels, application);
@@ -233,6 +243,9 @@ es_select(PG_FUNCTION_ARGS)
 		bool		nulls[7] = {false, false, false, false, false, false, false};
 
 		if (!EsTopicMatches(&filter, slot->tts_values[Anum_es_topic - 1]))
+			continue;
+		if (has_group &&
+			EsPartition(DatumGetUUIDP(slot->tts_values[Anum_es_originator_id - 1]), group_size) != group_member)
 			continue;
 		values[0] = Int64GetDatum(id);
 		values[1] = slot->tts_values[Anum_es_originator_id - 1];

@@ -38,7 +38,10 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
+#include "commands/async.h"
+#include "storage/condition_variable.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/hsearch.h"
@@ -56,22 +59,27 @@ typedef struct EsDatabase
 	Oid			dboid;			/* key */
 	bool		worker_requested;	/* protected by es_worker_lock */
 	Latch	   *latch;			/* the worker's, or NULL */
-	pg_atomic_uint32 wakeup_pending;
+	pg_atomic_uint32 wakeup_pending;	/* a writer has set the latch */
+	ConditionVariable new_events;	/* es_wait sleeps here */
 } EsDatabase;
 
 typedef struct EsAppWatermark
 {
 	int32		app_id;			/* key */
 	Oid			events_relid;
-	int64		published;
+	int64		published;		/* watermark written to es_watermarks */
+	int64		announced;		/* highest id announced with NOTIFY */
 } EsAppWatermark;
 
 static HTAB *es_databases = NULL;
 static LWLock *es_worker_lock = NULL;
 static EsDatabase *my_database = NULL;	/* cached per backend */
+static bool appended_in_xact = false;
+static bool xact_callback_registered = false;
 
 int			es_worker_naptime = 20;
 int			es_seal_interval = 0;
+bool		es_notify = true;
 
 PGDLLEXPORT void es_worker_main(Datum main_arg);
 
@@ -123,53 +131,147 @@ EsStartWorker(Oid dboid)
 	}
 }
 
-/* Called by writers after their tuples are in: starts this database's worker. */
-void
-EsWakeWorker(void)
+/* This database's entry in shared memory (NULL if there are too many). */
+static EsDatabase *
+EsMyDatabase(void)
 {
-	if (my_database == NULL)
+	if (my_database == NULL && es_databases != NULL)
 	{
 		bool		found;
 
 		LWLockAcquire(es_worker_lock, LW_EXCLUSIVE);
 		my_database = hash_search(es_databases, &MyDatabaseId, HASH_ENTER_NULL, &found);
-		if (my_database == NULL)
-		{
-			LWLockRelease(es_worker_lock);
-			return;				/* more databases than we track: no worker */
-		}
-		if (!found)
+		if (my_database != NULL && !found)
 		{
 			my_database->worker_requested = false;
 			my_database->latch = NULL;
 			pg_atomic_init_u32(&my_database->wakeup_pending, 0);
+			ConditionVariableInit(&my_database->new_events);
 		}
 		LWLockRelease(es_worker_lock);
 	}
+	return my_database;
+}
+
+/*
+ * At the end of a transaction that appended (committed or aborted: an abort
+ * can make later ids readable), wake es_wait sleepers and the worker, which
+ * announces what has become readable.  After commit, so the events are
+ * visible; never inside the transaction, so no writer waits for anyone.
+ */
+static void
+EsXactCallback(XactEvent event, void *arg)
+{
+	EsDatabase *db;
+
+	if (!appended_in_xact)
+		return;
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT &&
+		event != XACT_EVENT_PREPARE)
+		return;
+	appended_in_xact = false;
+	db = my_database;
+	if (db == NULL)
+		return;
+	ConditionVariableBroadcast(&db->new_events);
+	if (es_notify && pg_atomic_read_u32(&db->wakeup_pending) == 0 &&
+		pg_atomic_exchange_u32(&db->wakeup_pending, 1) == 0)
+	{
+		Latch	   *latch = db->latch;
+
+		if (latch != NULL)
+			SetLatch(latch);
+	}
+}
+
+/*
+ * Called by writers after their tuples are in: makes sure this database's
+ * worker runs, and arranges the wake-up at the end of the transaction.
+ */
+void
+EsWakeWorker(void)
+{
+	EsDatabase *db = EsMyDatabase();
+
+	if (db == NULL)
+		return;					/* more databases than we track: no worker */
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(EsXactCallback, NULL);
+		xact_callback_registered = true;
+	}
+	appended_in_xact = true;
 
 	/* Pairs with the worker's barrier when it withdraws on idle exit. */
 	pg_memory_barrier();
-	if (!my_database->worker_requested)
+	if (!db->worker_requested)
 	{
 		bool		start = false;
 
 		LWLockAcquire(es_worker_lock, LW_EXCLUSIVE);
-		if (!my_database->worker_requested)
+		if (!db->worker_requested)
 		{
-			my_database->worker_requested = true;
+			db->worker_requested = true;
 			start = true;
 		}
 		LWLockRelease(es_worker_lock);
 		if (start)
 			EsStartWorker(MyDatabaseId);
-		return;
 	}
+}
 
-	/*
-	 * Watermarks need no wake-up: the worker polls every
-	 * eventsourcing.worker_naptime, so that a busy server pays one small
-	 * transaction per round, not one per append.
-	 */
+/* The NOTIFY channel of an application: "es:" and its name, or its id if long. */
+char *
+EsChannel(text *application, int32 app_id)
+{
+	Size		len = VARSIZE_ANY_EXHDR(application);
+
+	if (len + 3 < NAMEDATALEN)
+		return psprintf("es:%.*s", (int) len, VARDATA_ANY(application));
+	return psprintf("es:#%d", app_id);
+}
+
+/*
+ * The highest id a reader can be given now (with the active snapshot), from
+ * `after` on; `after` itself when nothing new is readable.
+ */
+int64
+EsReadableHead(const EsRelations *rels, int32 app_id, int64 after)
+{
+	EsLogScan	scan;
+	int64		id;
+	int64		head = after;
+
+	EsLogScanBegin(&scan, rels, app_id, after + 1, PG_INT64_MAX, false);
+	while (EsLogScanNext(&scan, &id) != NULL)
+		head = id;
+	EsLogScanEnd(&scan);
+	return head;
+}
+
+/*
+ * Announces, with NOTIFY in the worker's own transaction, the highest id of
+ * the application that readers can now be given, if it has moved.  The
+ * payload is JSON: {"application": name, "notification_id": id}.
+ */
+static void
+EsAnnounce(const EsRelations *rels, int32 app_id, EsAppWatermark *w)
+{
+	int64		head = EsReadableHead(rels, app_id, w->announced);
+	char	   *name;
+	StringInfoData payload;
+
+	if (head <= w->announced)
+		return;
+	name = EsApplicationName(rels, app_id);
+	if (name == NULL)
+		return;
+	initStringInfo(&payload);
+	appendStringInfoString(&payload, "{\"application\": ");
+	escape_json(&payload, name);
+	appendStringInfo(&payload, ", \"notification_id\": " INT64_FORMAT "}", head);
+	Async_Notify(EsChannel(cstring_to_text(name), app_id), payload.data);
+	w->announced = head;
 }
 
 /*
@@ -186,22 +288,28 @@ EsPublishWatermarks(HTAB *published, bool *worked)
 	bool		installed;
 	EsRelations rels;
 
+	bool		*may_announce = palloc0(sizeof(bool) * Max(n, 1));
+
 	*worked = false;
 	for (int i = 0; i < n; i++)
 	{
 		EsAppWatermark *w = hash_search(published, &refs[i].app_id, HASH_FIND, NULL);
+		bool		same = (w != NULL && w->events_relid == refs[i].events_relid);
 
 		marks[i] = EsComputeWatermark(refs[i].counter);
-		if (marks[i] > 0 && (w == NULL || w->events_relid != refs[i].events_relid ||
-							 w->published < marks[i]))
+		if (marks[i] > 0 && (!same || w->published < marks[i]))
 			any = true;
 		else
 			marks[i] = -1;
+		/* Ids were handed out beyond the last announcement: maybe readable. */
+		if (es_notify && EsCounterNext(refs[i].counter) - 1 > (same ? w->announced : 0))
+			may_announce[i] = any = true;
 	}
 	if (!any)
 	{
 		pfree(refs);
 		pfree(marks);
+		pfree(may_announce);
 		return true;
 	}
 
@@ -223,7 +331,19 @@ EsPublishWatermarks(HTAB *published, bool *worked)
 			EsAppWatermark *w;
 			bool		found;
 
-			if (marks[i] < 0 || refs[i].events_relid != rels.events)
+			if (refs[i].events_relid != rels.events)
+				continue;
+			w = hash_search(published, &refs[i].app_id, HASH_ENTER, &found);
+			if (!found || w->events_relid != refs[i].events_relid)
+			{
+				/* Resume announcing after the watermark of the last worker. */
+				w->events_relid = refs[i].events_relid;
+				w->published = 0;
+				w->announced = EsReadWatermark(&rels, refs[i].app_id);
+			}
+			if (may_announce[i])
+				EsAnnounce(&rels, refs[i].app_id, w);
+			if (marks[i] < 0)
 				continue;
 			values[0] = Int32GetDatum(refs[i].app_id);
 			values[1] = Int64GetDatum(marks[i]);
@@ -235,8 +355,6 @@ EsPublishWatermarks(HTAB *published, bool *worked)
 							 EsQualifiedName(&rels, "es_watermarks"));
 			if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "eventsourcing: could not publish a watermark");
-			w = hash_search(published, &refs[i].app_id, HASH_ENTER, &found);
-			w->events_relid = refs[i].events_relid;
 			w->published = marks[i];
 			*worked = true;
 		}
@@ -247,6 +365,7 @@ EsPublishWatermarks(HTAB *published, bool *worked)
 	pgstat_report_activity(STATE_IDLE, NULL);
 	pfree(refs);
 	pfree(marks);
+	pfree(may_announce);
 	return installed;
 }
 
@@ -374,4 +493,13 @@ es_worker_main(Datum main_arg)
 		}
 	}
 	proc_exit(0);
+}
+
+/* The condition variable es_wait sleeps on for this database, or NULL. */
+ConditionVariable *
+EsNewEventsCV(void)
+{
+	EsDatabase *db = EsMyDatabase();
+
+	return db ? &db->new_events : NULL;
 }

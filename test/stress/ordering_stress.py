@@ -668,7 +668,10 @@ def check(run, writers, followers, committed, prepared_left, watermark):
         if not multi and watermark > top_handed:
             V("the watermark %d is above the highest id ever handed out (%d)" % (watermark, top_handed))
 
-    return dict(committed=len(committed), max_id=top, missing=len(missing),
+    reused = sum(1 for eps in handed.values() if len(eps) > 1)
+    indoubt_committed = sum(1 for i in indoubt if i in committed_set)
+    return dict(committed=len(committed), max_id=top, missing=len(missing), reused_ids=reused,
+                indoubt_committed=indoubt_committed,
                 aborted_ids=len(aborted), indoubt_ids=len(indoubt), unknown_missing=len(unknown),
                 interrupted_events=interrupted, acked_ids=len(acked), watermark=watermark)
 

@@ -50,6 +50,8 @@ if ($s)
 	my @f = values %{ $s->{followers} };
 	is(scalar(@f), 6, 'standby: six followers');
 	ok(!(grep { $_->{skipped_gaps} == 0 } @f), 'standby: every follower skipped permanent gaps');
+	ok((grep { $_->{held_back} > 0 } @f),
+		'standby: followers were held back at ids not yet below the watermark or still in flight');
 }
 
 # Once replay has caught up, the standby's log is the primary's.

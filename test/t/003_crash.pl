@@ -92,9 +92,15 @@ my $middle = committed_count();
 cmp_ok($middle, '>', $before, "crash: appends go on after the restart ($middle events committed)");
 
 # 2. SIGKILL to a writer's backend: crash restart of the whole server.
-my $victim = $node->safe_psql('postgres',
-	"SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'es_stress_writer%' "
-	  . "ORDER BY state = 'active' DESC, random() LIMIT 1");
+my $victim = '';
+for (1 .. 100)
+{
+	$victim = $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'es_stress_writer%' "
+		  . "ORDER BY state = 'active' DESC, random() LIMIT 1");
+	last if $victim =~ /^\d+$/;
+	usleep(100_000);
+}
 ok($victim =~ /^\d+$/, "crash: found a writer backend ($victim)");
 kill 'KILL', $victim;
 ok($node->poll_query_until('postgres', "SELECT pg_postmaster_start_time() IS NOT NULL"),
