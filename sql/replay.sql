@@ -1,0 +1,149 @@
+-- Replay: folding events into state in SQL.
+CREATE EXTENSION IF NOT EXISTS eventsourcing;
+\set VERBOSITY default
+\pset null '(null)'
+SELECT es_create_application('dogs');
+-- the seed tutorial's DogSchool: Fido registered, then four tricks
+SELECT count(*) FROM (
+    SELECT es_append('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', 1, 'dogschool:Dog.Registered', convert_to('{"name": "Fido"}', 'UTF8'))
+    UNION ALL SELECT es_append('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', 2, 'dogschool:Dog.TrickAdded', convert_to('{"trick": "roll over"}', 'UTF8'))
+    UNION ALL SELECT es_append('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', 3, 'dogschool:Dog.TrickAdded', convert_to('{"trick": "fetch ball"}', 'UTF8'))
+    UNION ALL SELECT es_append('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', 4, 'dogschool:Dog.TrickAdded', convert_to('{"trick": "play dead"}', 'UTF8'))) s;
+
+-- Without folds: the default shallow merge of each event's fields
+SELECT es_replay('dogs', e) FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000001') e;
+
+-- Declarative folds: the Dog aggregate without writing a function
+SELECT es_define_fold('dogs', 'dogschool:Dog.Registered',
+    '[{"op": "set", "path": "name", "from": "name"}, {"op": "set", "path": "tricks", "value": []}]');
+SELECT es_define_fold('dogs', 'dogschool:Dog.TrickAdded',
+    '[{"op": "append", "path": "tricks", "from": "trick"}]');
+-- get_dog(), at the latest version and at version 3
+SELECT es_replay('dogs', e) FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000001') e;
+SELECT es_replay('dogs', e) FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', lte => 3) e;
+SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000001');
+SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', 3);
+SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', 3)->'tricks'->>-1 AS last_trick;
+SELECT es_state('dogs', '00000000-0000-0000-0000-000000000000');
+-- many aggregates at once
+SELECT es_append('dogs', 'd0d0d0d0-0000-4000-8000-000000000002', 1, 'dogschool:Dog.Registered', convert_to('{"name": "Millie"}', 'UTF8'));
+SELECT e.originator_id, es_replay('dogs', e ORDER BY e.originator_version)
+FROM es_applications a, LATERAL (SELECT DISTINCT originator_id FROM es_stored_events WHERE application_id = a.id) d,
+     LATERAL es_events('dogs', d.originator_id) e
+WHERE a.name = 'dogs' GROUP BY e.originator_id ORDER BY 1;
+
+-- Each declarative operation
+SELECT es_create_application('ops');
+SELECT es_define_fold('ops', 'Init', '[{"op": "init", "value": {"items": [], "total": 0, "meta": {"v": 1}}}]');
+SELECT es_define_fold('ops', 'Set', '[{"op": "set", "path": "owner.name", "from": "name"}, {"op": "set", "path": ["owner", "kind"], "value": "person"}]');
+SELECT es_define_fold('ops', 'Append', '[{"op": "append", "path": "items", "from": "item"}]');
+SELECT es_define_fold('ops', 'Remove', '[{"op": "remove", "path": "items", "from": "item"}]');
+SELECT es_define_fold('ops', 'Add', '[{"op": "add", "path": "total", "from": "amount"}]');
+SELECT es_define_fold('ops', 'Merge', '[{"op": "merge", "path": "meta", "from": "changes"}]');
+SELECT es_define_fold('ops', 'MergeAll', '[{"op": "merge"}]');
+SELECT es_define_fold('ops', 'Delete', '[{"op": "delete", "path": "owner.kind"}]');
+SELECT count(*) FROM (
+    SELECT es_append('ops', ARRAY[
+        ROW('0b0b0b0b-0000-4000-8000-000000000001', 1, 'Init', '{}'::bytea)::es_event,
+        ROW('0b0b0b0b-0000-4000-8000-000000000001', 2, 'Set', convert_to('{"name": "ann"}', 'UTF8'))::es_event,
+        ROW('0b0b0b0b-0000-4000-8000-000000000001', 3, 'Append', convert_to('{"item": "a"}', 'UTF8'))::es_event,
+        ROW('0b0b0b0b-0000-4000-8000-000000000001', 4, 'Append', convert_to('{"item": {"sku": 7}}', 'UTF8'))::es_event,
+        ROW('0b0b0b0b-0000-4000-8000-000000000001', 5, 'Append', convert_to('{"item": "b"}', 'UTF8'))::es_event,
+        ROW('0b0b0b0b-0000-4000-8000-000000000001', 6, 'Remove', convert_to('{"item": "a"}', 'UTF8'))::es_event,
+        ROW('0b0b0b0b-0000-4000-8000-000000000001', 7, 'Add', convert_to('{"amount": 10.5}', 'UTF8'))::es_event,
+        ROW('0b0b0b0b-0000-4000-8000-000000000001', 8, 'Add', convert_to('{"amount": -0.5}', 'UTF8'))::es_event,
+        ROW('0b0b0b0b-0000-4000-8000-000000000001', 9, 'Merge', convert_to('{"changes": {"v": 2, "w": true}}', 'UTF8'))::es_event,
+        ROW('0b0b0b0b-0000-4000-8000-000000000001', 10, 'MergeAll', convert_to('{"status": "open", "total": 100}', 'UTF8'))::es_event,
+        ROW('0b0b0b0b-0000-4000-8000-000000000001', 11, 'Delete', '{}'::bytea)::es_event,
+        ROW('0b0b0b0b-0000-4000-8000-000000000001', 12, 'Add', convert_to('{"other": 1}', 'UTF8'))::es_event])) s;
+SELECT v, es_state('ops', '0b0b0b0b-0000-4000-8000-000000000001', v) FROM generate_series(1, 12) v;
+
+-- A user-defined fold in PL/pgSQL, named in the call or per application
+CREATE FUNCTION dog_fold(state jsonb, topic text, event jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    IF topic = 'dogschool:Dog.Registered' THEN
+        RETURN jsonb_build_object('name', event->'name', 'tricks', '[]'::jsonb);
+    ELSIF topic = 'dogschool:Dog.TrickAdded' THEN
+        RETURN jsonb_set(state, '{tricks}', (state->'tricks') || jsonb_build_array(event->'trick'));
+    END IF;
+    RETURN state;
+END $$;
+SELECT es_replay('dogs', e, 'dog_fold') FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000001') e;
+SELECT es_replay('dogs', e, 'dog_fold') = es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000001') AS same
+FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000001') e;
+SELECT es_create_application('dogs2');
+SELECT count(*) FROM es_append('dogs2', ARRAY(SELECT ROW(originator_id, originator_version, topic, state)::es_event
+                                FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000001')));
+SELECT es_set_fold_function('dogs2', 'dog_fold');
+SELECT es_state('dogs2', 'd0d0d0d0-0000-4000-8000-000000000001', 2);
+
+-- Snapshots: used, and invalidated when a fold changes
+SELECT es_snapshot('dogs', 'd0d0d0d0-0000-4000-8000-000000000001');
+SELECT es_append('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', 5, 'dogschool:Dog.TrickAdded', convert_to('{"trick": "sit"}', 'UTF8'));
+-- a snapshot that differs from the events proves es_state starts from it
+BEGIN;
+UPDATE es_snapshots SET state = jsonb_set(state, '{name}', '"Fido (from the snapshot)"');
+SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000001');
+SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', 3);   -- below the snapshot: from the events
+-- a changed fold definition makes the snapshot stale
+SELECT es_define_fold('dogs', 'dogschool:Dog.TrickAdded', '[{"op": "append", "path": "tricks", "from": "trick"}, {"op": "add", "path": "count", "value": 1}]');
+SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000001');
+ROLLBACK;
+-- automatic snapshots every 2 folded events
+SELECT es_set_snapshot_every('dogs', 2);
+SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000002') IS NOT NULL AS millie;   -- 1 event: no snapshot
+SELECT es_append('dogs', 'd0d0d0d0-0000-4000-8000-000000000002', 2, 'dogschool:Dog.TrickAdded', convert_to('{"trick": "shake hands"}', 'UTF8'));
+SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000002');
+SELECT s.originator_version, s.state FROM es_snapshots s JOIN es_applications a ON a.id = s.application_id
+WHERE a.name = 'dogs' ORDER BY s.originator_id, s.originator_version;
+SELECT es_set_snapshot_every('dogs', 0);
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_set_snapshot_every('dogs', NULL);
+
+-- Errors
+SELECT es_append('dogs', 'd0d0d0d0-0000-4000-8000-000000000003', 1, 'dogschool:Dog.Registered', convert_to('{"name": ', 'UTF8'));
+SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000003');
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_replay('dogs', e) FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000003') e;
+\echo :LAST_ERROR_SQLSTATE
+CREATE FUNCTION failing_fold(state jsonb, topic text, event jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    IF topic = 'dogschool:Dog.TrickAdded' THEN RAISE EXCEPTION 'no tricks allowed'; END IF;
+    RETURN event;
+END $$;
+SELECT es_replay('dogs', e, 'failing_fold') FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000001') e;
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_replay('dogs', e, 'no_such_fold') FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000001') e;
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_replay('dogs', e, 'now') FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000001') e;
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_set_fold_function('dogs', 'now');
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_replay('dogs', e ORDER BY originator_version DESC) FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000001') e;
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_replay('dogs', e) FROM (SELECT * FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000001')
+                                  UNION ALL SELECT * FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000002')) e;
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_define_fold('dogs', 'X', '{"op": "set"}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_define_fold('dogs', 'X', '[{"op": "jump", "path": "a", "value": 1}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_define_fold('dogs', 'X', '[{"op": "set", "path": "a"}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_define_fold('dogs', 'X', '[{"op": "set", "path": 7, "value": 1}]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_define_fold('dogs', NULL, '[]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_define_fold('nope', 'X', '[]');
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_state('dogs', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', -1);
+\echo :LAST_ERROR_SQLSTATE
+-- an "add" to a field that is not a number
+SELECT es_define_fold('ops', 'Add', '[{"op": "add", "path": "owner", "from": "amount"}]');
+SELECT es_state('ops', '0b0b0b0b-0000-4000-8000-000000000001');
+\echo :LAST_ERROR_SQLSTATE
+-- removing a fold returns its topic to the default
+SELECT es_define_fold('dogs', 'dogschool:Dog.TrickAdded', NULL);
+SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', 3);

@@ -1,0 +1,1397 @@
+/*
+ * replay.c
+ *		Replay in SQL: folding an aggregate's events into its state (jsonb).
+ *
+ * es_replay is an aggregate function over es_stored_event rows in version
+ * order.  How an event changes the state is, in this order of precedence:
+ *	1. a fold function named in the call: fold(state, topic, event) -> jsonb;
+ *	2. the declarative fold defined for the event's topic (es_define_fold);
+ *	3. the application's fold function (es_set_fold_function);
+ *	4. the default: a shallow merge of the event's fields into the state.
+ *
+ * Declarative folds are lists of operations run here, in C, on a mutable
+ * document: nodes that are either a PostgreSQL JsonbValue (scalars, and whole
+ * subtrees still in binary jsonb form, expanded only when something inside
+ * them changes) or an object or array of nodes.  Events are parsed with
+ * jsonb_in and the state is written back with pushJsonbValue, so folding is
+ * linear in the number of events: appending to a list does not copy it.
+ *
+ * es_state starts from the latest snapshot at or below the requested version
+ * (made with the current fold definitions) and folds only the events after it.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/regproc.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
+
+#include "eventsourcing.h"
+
+/* ---------------------------------------------------------------------
+ * The mutable document
+ * ---------------------------------------------------------------------
+ */
+typedef enum EsNodeKind
+{
+	ES_VALUE,					/* a JsonbValue: scalar or jbvBinary */
+	ES_OBJECT,
+	ES_ARRAY
+} EsNodeKind;
+
+typedef struct EsNode
+{
+	EsNodeKind	kind;
+	JsonbValue	value;			/* ES_VALUE */
+	int			n;				/* ES_OBJECT, ES_ARRAY: items used */
+	int			cap;
+	char	  **keys;			/* ES_OBJECT */
+	int		   *keylens;
+	struct EsNode **items;
+} EsNode;
+
+static EsNode *
+EsNodeValue(const JsonbValue *v)
+{
+	EsNode	   *n = palloc0(sizeof(EsNode));
+
+	n->kind = ES_VALUE;
+	n->value = *v;
+	return n;
+}
+
+static EsNode *
+EsNodeContainer(EsNodeKind kind)
+{
+	EsNode	   *n = palloc0(sizeof(EsNode));
+
+	n->kind = kind;
+	return n;
+}
+
+static void
+EsNodeGrow(EsNode *n)
+{
+	if (n->n < n->cap)
+		return;
+	n->cap = Max(4, n->cap * 2);
+	n->items = n->items ? repalloc(n->items, sizeof(EsNode *) * n->cap)
+		: palloc(sizeof(EsNode *) * n->cap);
+	if (n->kind == ES_OBJECT)
+	{
+		n->keys = n->keys ? repalloc(n->keys, sizeof(char *) * n->cap)
+			: palloc(sizeof(char *) * n->cap);
+		n->keylens = n->keylens ? repalloc(n->keylens, sizeof(int) * n->cap)
+			: palloc(sizeof(int) * n->cap);
+	}
+}
+
+static bool
+EsNodeIsBinary(const EsNode *n, int jtype)
+{
+	return n->kind == ES_VALUE && n->value.type == jbvBinary &&
+		(jtype == 0 ||
+		 (jtype == jbvObject && JsonContainerIsObject(n->value.val.binary.data)) ||
+		 (jtype == jbvArray && JsonContainerIsArray(n->value.val.binary.data) &&
+		  !JsonContainerIsScalar(n->value.val.binary.data)));
+}
+
+/* Turns a binary object or array into nodes, one level deep. */
+static void
+EsNodeExpand(EsNode *n)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	char	   *key = NULL;
+	int			keylen = 0;
+	bool		is_object;
+
+	if (!EsNodeIsBinary(n, jbvObject) && !EsNodeIsBinary(n, jbvArray))
+		return;
+	is_object = JsonContainerIsObject(n->value.val.binary.data);
+	it = JsonbIteratorInit(n->value.val.binary.data);
+	n->kind = is_object ? ES_OBJECT : ES_ARRAY;
+	n->n = n->cap = 0;
+	n->items = NULL;
+	n->keys = NULL;
+	n->keylens = NULL;
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			key = v.val.string.val;
+			keylen = v.val.string.len;
+		}
+		else if (tok == WJB_VALUE || tok == WJB_ELEM)
+		{
+			EsNodeGrow(n);
+			if (is_object)
+			{
+				n->keys[n->n] = key;
+				n->keylens[n->n] = keylen;
+			}
+			n->items[n->n++] = EsNodeValue(&v);
+		}
+	}
+}
+
+static int
+EsObjectFind(const EsNode *obj, const char *key, int keylen)
+{
+	for (int i = 0; i < obj->n; i++)
+		if (obj->keylens[i] == keylen && memcmp(obj->keys[i], key, keylen) == 0)
+			return i;
+	return -1;
+}
+
+static EsNode *
+EsObjectGet(EsNode *obj, const char *key, int keylen)
+{
+	int			i;
+
+	EsNodeExpand(obj);
+	if (obj->kind != ES_OBJECT)
+		return NULL;
+	i = EsObjectFind(obj, key, keylen);
+	return i < 0 ? NULL : obj->items[i];
+}
+
+static void
+EsObjectSet(EsNode *obj, const char *key, int keylen, EsNode *value)
+{
+	int			i = EsObjectFind(obj, key, keylen);
+
+	if (i >= 0)
+	{
+		obj->items[i] = value;
+		return;
+	}
+	EsNodeGrow(obj);
+	obj->keys[obj->n] = pnstrdup(key, keylen);
+	obj->keylens[obj->n] = keylen;
+	obj->items[obj->n++] = value;
+}
+
+static void
+EsObjectDelete(EsNode *obj, const char *key, int keylen)
+{
+	int			i = EsObjectFind(obj, key, keylen);
+
+	if (i < 0)
+		return;
+	for (; i + 1 < obj->n; i++)
+	{
+		obj->keys[i] = obj->keys[i + 1];
+		obj->keylens[i] = obj->keylens[i + 1];
+		obj->items[i] = obj->items[i + 1];
+	}
+	obj->n--;
+}
+
+static void
+EsNodePush(JsonbParseState **ps, EsNode *n, JsonbIteratorToken tok)
+{
+	if (n->kind == ES_VALUE)
+	{
+		(void) pushJsonbValue(ps, tok, &n->value);
+		return;
+	}
+	(void) pushJsonbValue(ps, n->kind == ES_OBJECT ? WJB_BEGIN_OBJECT : WJB_BEGIN_ARRAY, NULL);
+	for (int i = 0; i < n->n; i++)
+	{
+		if (n->kind == ES_OBJECT)
+		{
+			JsonbValue	k;
+
+			k.type = jbvString;
+			k.val.string.val = n->keys[i];
+			k.val.string.len = n->keylens[i];
+			(void) pushJsonbValue(ps, WJB_KEY, &k);
+			EsNodePush(ps, n->items[i], WJB_VALUE);
+		}
+		else
+			EsNodePush(ps, n->items[i], WJB_ELEM);
+	}
+	(void) pushJsonbValue(ps, n->kind == ES_OBJECT ? WJB_END_OBJECT : WJB_END_ARRAY, NULL);
+}
+
+/* Serializes the document (pushJsonbValue sorts and checks object keys). */
+static Jsonb *
+EsDocumentToJsonb(EsNode *root)
+{
+	JsonbParseState *ps = NULL;
+	JsonbValue *result = NULL;
+
+	if (root->kind == ES_VALUE)
+		return JsonbValueToJsonb(&root->value);
+	(void) pushJsonbValue(&ps, root->kind == ES_OBJECT ? WJB_BEGIN_OBJECT : WJB_BEGIN_ARRAY, NULL);
+	for (int i = 0; i < root->n; i++)
+	{
+		if (root->kind == ES_OBJECT)
+		{
+			JsonbValue	k;
+
+			k.type = jbvString;
+			k.val.string.val = root->keys[i];
+			k.val.string.len = root->keylens[i];
+			(void) pushJsonbValue(&ps, WJB_KEY, &k);
+			EsNodePush(&ps, root->items[i], WJB_VALUE);
+		}
+		else
+			EsNodePush(&ps, root->items[i], WJB_ELEM);
+	}
+	result = pushJsonbValue(&ps, root->kind == ES_OBJECT ? WJB_END_OBJECT : WJB_END_ARRAY, NULL);
+	return JsonbValueToJsonb(result);
+}
+
+/* A document for a jsonb value (kept binary until something changes). */
+static EsNode *
+EsDocumentFromJsonb(Jsonb *jb)
+{
+	JsonbValue	v;
+
+	if (JB_ROOT_IS_SCALAR(jb))
+	{
+		(void) JsonbExtractScalar(&jb->root, &v);
+		return EsNodeValue(&v);
+	}
+	v.type = jbvBinary;
+	v.val.binary.data = &jb->root;
+	v.val.binary.len = VARSIZE(jb) - VARHDRSZ;
+	return EsNodeValue(&v);
+}
+
+/* ---------------------------------------------------------------------
+ * Declarative folds
+ * ---------------------------------------------------------------------
+ */
+typedef enum EsFoldOpKind
+{
+	ES_OP_INIT,
+	ES_OP_SET,
+	ES_OP_APPEND,
+	ES_OP_REMOVE,
+	ES_OP_ADD,
+	ES_OP_MERGE,
+	ES_OP_DELETE
+} EsFoldOpKind;
+
+static const char *const es_op_names[] = {"init", "set", "append", "remove", "add", "merge", "delete"};
+
+typedef struct EsPath
+{
+	int			n;
+	char	  **keys;
+	int		   *lens;
+} EsPath;
+
+typedef struct EsFoldOp
+{
+	EsFoldOpKind kind;
+	EsPath		path;			/* in the state */
+	bool		has_from;		/* "from": a path in the event ("" or [] = all of it) */
+	EsPath		from;
+	bool		has_value;		/* "value": a constant */
+	JsonbValue	value;
+} EsFoldOp;
+
+typedef struct EsFold
+{
+	char		topic[ES_MAX_TOPIC_BYTES + 1];	/* hash key */
+	int			nops;
+	EsFoldOp   *ops;
+} EsFold;
+
+static void
+EsBadFold(const char *topic, int index, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid fold for topic \"%s\": operation %d %s", topic, index + 1, what),
+			 errhint("Operations look like {\"op\": \"set\", \"path\": \"name\", \"from\": \"name\"}; ops are init, set, append, remove, add, merge, delete.")));
+}
+
+/* A path: "a.b" or ["a", "b"]; "" or [] is the root. */
+static bool
+EsParsePath(JsonbValue *v, EsPath *path)
+{
+	path->n = 0;
+	path->keys = NULL;
+	path->lens = NULL;
+	if (v->type == jbvString)
+	{
+		char	   *s = pnstrdup(v->val.string.val, v->val.string.len);
+		char	   *p = s;
+		int			cap = 4;
+
+		if (*s == '\0')
+			return true;
+		path->keys = palloc(sizeof(char *) * cap);
+		path->lens = palloc(sizeof(int) * cap);
+		for (;;)
+		{
+			char	   *dot = strchr(p, '.');
+
+			if (path->n == cap)
+			{
+				cap *= 2;
+				path->keys = repalloc(path->keys, sizeof(char *) * cap);
+				path->lens = repalloc(path->lens, sizeof(int) * cap);
+			}
+			path->keys[path->n] = p;
+			path->lens[path->n] = dot ? (int) (dot - p) : (int) strlen(p);
+			path->n++;
+			if (!dot)
+				break;
+			*dot = '\0';
+			p = dot + 1;
+		}
+		return true;
+	}
+	if (v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data))
+	{
+		JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
+		JsonbValue	e;
+		JsonbIteratorToken tok;
+		int			size = JsonContainerSize(v->val.binary.data);
+
+		path->keys = palloc(sizeof(char *) * Max(size, 1));
+		path->lens = palloc(sizeof(int) * Max(size, 1));
+		while ((tok = JsonbIteratorNext(&it, &e, true)) != WJB_DONE)
+		{
+			if (tok != WJB_ELEM)
+				continue;
+			if (e.type != jbvString)
+				return false;
+			path->keys[path->n] = pnstrdup(e.val.string.val, e.val.string.len);
+			path->lens[path->n] = e.val.string.len;
+			path->n++;
+		}
+		return true;
+	}
+	return false;
+}
+
+static JsonbValue *
+EsGetKey(JsonbContainer *c, const char *key)
+{
+	return getKeyJsonValueFromContainer(c, key, strlen(key), NULL);
+}
+
+/* Compiles one topic's operations (a jsonb array), checking everything. */
+static void
+EsCompileFold(const char *topic, Jsonb *ops, EsFold *fold)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			i = 0;
+
+	if (!JB_ROOT_IS_ARRAY(ops) || JB_ROOT_IS_SCALAR(ops))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid fold for topic \"%s\": operations must be a JSON array", topic)));
+	fold->nops = JB_ROOT_COUNT(ops);
+	fold->ops = palloc0(sizeof(EsFoldOp) * Max(fold->nops, 1));
+	it = JsonbIteratorInit(&ops->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		EsFoldOp   *op;
+		JsonbValue *name;
+		JsonbValue *path;
+		JsonbValue *from;
+		JsonbValue *value;
+		int			k;
+
+		if (tok != WJB_ELEM)
+			continue;
+		op = &fold->ops[i];
+		if (v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
+			EsBadFold(topic, i, "is not an object");
+		name = EsGetKey(v.val.binary.data, "op");
+		if (name == NULL || name->type != jbvString)
+			EsBadFold(topic, i, "has no \"op\"");
+		for (k = 0; k < lengthof(es_op_names); k++)
+			if (strlen(es_op_names[k]) == name->val.string.len &&
+				memcmp(es_op_names[k], name->val.string.val, name->val.string.len) == 0)
+				break;
+		if (k == lengthof(es_op_names))
+			EsBadFold(topic, i, psprintf("has an unknown op \"%.*s\"", name->val.string.len, name->val.string.val));
+		op->kind = (EsFoldOpKind) k;
+
+		path = EsGetKey(v.val.binary.data, "path");
+		if (path != NULL && !EsParsePath(path, &op->path))
+			EsBadFold(topic, i, "has a \"path\" that is neither a string nor an array of strings");
+		from = EsGetKey(v.val.binary.data, "from");
+		if (from != NULL)
+		{
+			if (!EsParsePath(from, &op->from))
+				EsBadFold(topic, i, "has a \"from\" that is neither a string nor an array of strings");
+			op->has_from = true;
+		}
+		value = EsGetKey(v.val.binary.data, "value");
+		if (value != NULL)
+		{
+			op->value = *value;
+			op->has_value = true;
+		}
+		if (op->has_from && op->has_value)
+			EsBadFold(topic, i, "has both \"from\" and \"value\"");
+		switch (op->kind)
+		{
+			case ES_OP_INIT:
+				if (!op->has_value)
+					EsBadFold(topic, i, "(init) needs a \"value\"");
+				break;
+			case ES_OP_DELETE:
+				if (op->path.n == 0)
+					EsBadFold(topic, i, "(delete) needs a non-empty \"path\"");
+				break;
+			case ES_OP_MERGE:
+				if (!op->has_value && !op->has_from)
+					op->has_from = true;	/* the whole event */
+				break;
+			default:
+				if (op->path.n == 0)
+					EsBadFold(topic, i, psprintf("(%s) needs a non-empty \"path\"", es_op_names[k]));
+				if (!op->has_from && !op->has_value)
+					EsBadFold(topic, i, psprintf("(%s) needs a \"from\" or a \"value\"", es_op_names[k]));
+				break;
+		}
+		i++;
+	}
+	fold->nops = i;
+}
+
+/* The value an operation takes: a constant, or a path into the event. */
+static bool
+EsOpSource(const EsFoldOp *op, Jsonb *event, JsonbValue *out)
+{
+	JsonbContainer *c;
+
+	if (op->has_value)
+	{
+		*out = op->value;
+		return true;
+	}
+	if (op->from.n == 0)
+	{
+		if (JB_ROOT_IS_SCALAR(event))
+			return JsonbExtractScalar(&event->root, out);
+		out->type = jbvBinary;
+		out->val.binary.data = &event->root;
+		out->val.binary.len = VARSIZE(event) - VARHDRSZ;
+		return true;
+	}
+	c = &event->root;
+	for (int i = 0; i < op->from.n; i++)
+	{
+		JsonbValue *v;
+
+		if (!JsonContainerIsObject(c))
+			return false;
+		v = getKeyJsonValueFromContainer(c, op->from.keys[i], op->from.lens[i], NULL);
+		if (v == NULL)
+			return false;
+		if (i + 1 == op->from.n)
+		{
+			*out = *v;
+			return true;
+		}
+		if (v->type != jbvBinary)
+			return false;
+		c = v->val.binary.data;
+	}
+	return false;
+}
+
+/* The object that holds the last key of `path`, made if missing. */
+static EsNode *
+EsParentOf(EsNode *root, const EsPath *path)
+{
+	EsNode	   *n = root;
+
+	EsNodeExpand(n);
+	if (n->kind != ES_OBJECT)
+	{
+		/* The state is not an object: start one. */
+		n->kind = ES_OBJECT;
+		n->n = n->cap = 0;
+		n->items = NULL;
+		n->keys = NULL;
+		n->keylens = NULL;
+	}
+	for (int i = 0; i + 1 < path->n; i++)
+	{
+		EsNode	   *child = EsObjectGet(n, path->keys[i], path->lens[i]);
+
+		if (child == NULL)
+		{
+			child = EsNodeContainer(ES_OBJECT);
+			EsObjectSet(n, path->keys[i], path->lens[i], child);
+		}
+		EsNodeExpand(child);
+		if (child->kind != ES_OBJECT)
+		{
+			child = EsNodeContainer(ES_OBJECT);
+			EsObjectSet(n, path->keys[i], path->lens[i], child);
+		}
+		n = child;
+	}
+	return n;
+}
+
+static bool
+EsScalarEquals(const JsonbValue *a, const JsonbValue *b)
+{
+	if (a->type != b->type)
+		return false;
+	switch (a->type)
+	{
+		case jbvNull:
+			return true;
+		case jbvBool:
+			return a->val.boolean == b->val.boolean;
+		case jbvString:
+			return a->val.string.len == b->val.string.len &&
+				memcmp(a->val.string.val, b->val.string.val, a->val.string.len) == 0;
+		case jbvNumeric:
+			return DatumGetBool(DirectFunctionCall2(numeric_eq,
+													NumericGetDatum(a->val.numeric),
+													NumericGetDatum(b->val.numeric)));
+		default:
+			return false;
+	}
+}
+
+/* Applies one operation; errors name the operation (the caller adds the event). */
+static EsNode *
+EsApplyOp(EsNode *root, const EsFoldOp *op, Jsonb *event, int index)
+{
+	JsonbValue	src;
+	EsNode	   *parent;
+	const char *key;
+	int			keylen;
+	EsNode	   *target;
+
+	if (op->kind == ES_OP_DELETE)
+	{
+		parent = EsParentOf(root, &op->path);
+		EsObjectDelete(parent, op->path.keys[op->path.n - 1], op->path.lens[op->path.n - 1]);
+		return root;
+	}
+	if (!EsOpSource(op, event, &src))
+		return root;			/* a missing source field: nothing to do */
+	if (op->kind == ES_OP_INIT)
+		return EsNodeValue(&src);
+
+	if (op->kind == ES_OP_MERGE)
+	{
+		EsNode	   *from;
+
+		if (op->path.n == 0)
+			target = root;
+		else
+		{
+			parent = EsParentOf(root, &op->path);
+			key = op->path.keys[op->path.n - 1];
+			keylen = op->path.lens[op->path.n - 1];
+			target = EsObjectGet(parent, key, keylen);
+			if (target == NULL)
+			{
+				target = EsNodeContainer(ES_OBJECT);
+				EsObjectSet(parent, key, keylen, target);
+			}
+		}
+		EsNodeExpand(target);
+		if (target->kind != ES_OBJECT)
+		{
+			if (target == root)
+				(void) EsParentOf(root, &op->path);	/* makes root an object */
+			else
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("fold operation %d (merge): the state's field is not an object", index + 1)));
+		}
+		from = EsNodeValue(&src);
+		EsNodeExpand(from);
+		if (from->kind != ES_OBJECT)
+			return root;		/* merging a non-object: nothing to do */
+		for (int i = 0; i < from->n; i++)
+			EsObjectSet(target, from->keys[i], from->keylens[i], from->items[i]);
+		return root;
+	}
+
+	parent = EsParentOf(root, &op->path);
+	key = op->path.keys[op->path.n - 1];
+	keylen = op->path.lens[op->path.n - 1];
+	target = EsObjectGet(parent, key, keylen);
+
+	switch (op->kind)
+	{
+		case ES_OP_SET:
+			EsObjectSet(parent, key, keylen, EsNodeValue(&src));
+			break;
+		case ES_OP_APPEND:
+			if (target != NULL)
+				EsNodeExpand(target);
+			if (target == NULL || target->kind != ES_ARRAY)
+			{
+				target = EsNodeContainer(ES_ARRAY);
+				EsObjectSet(parent, key, keylen, target);
+			}
+			EsNodeGrow(target);
+			target->items[target->n++] = EsNodeValue(&src);
+			break;
+		case ES_OP_REMOVE:
+			if (target == NULL)
+				break;
+			EsNodeExpand(target);
+			if (target->kind == ES_ARRAY)
+			{
+				int			kept = 0;
+
+				for (int i = 0; i < target->n; i++)
+				{
+					EsNode	   *e = target->items[i];
+
+					if (!(e->kind == ES_VALUE && EsScalarEquals(&e->value, &src)))
+						target->items[kept++] = e;
+				}
+				target->n = kept;
+			}
+			break;
+		case ES_OP_ADD:
+			{
+				JsonbValue	sum;
+				Numeric		current;
+
+				if (src.type != jbvNumeric)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("fold operation %d (add): the amount is not a number", index + 1)));
+				if (target == NULL || (target->kind == ES_VALUE && target->value.type == jbvNull))
+					current = DatumGetNumeric(DirectFunctionCall1(int4_numeric, Int32GetDatum(0)));
+				else if (target->kind == ES_VALUE && target->value.type == jbvNumeric)
+					current = target->value.val.numeric;
+				else
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							 errmsg("fold operation %d (add): the state's \"%.*s\" is not a number",
+									index + 1, keylen, key)));
+				sum.type = jbvNumeric;
+				sum.val.numeric = DatumGetNumeric(DirectFunctionCall2(numeric_add,
+																	  NumericGetDatum(current),
+																	  NumericGetDatum(src.val.numeric)));
+				EsObjectSet(parent, key, keylen, EsNodeValue(&sum));
+				break;
+			}
+		default:
+			elog(ERROR, "eventsourcing: unexpected fold operation %d", (int) op->kind);
+	}
+	return root;
+}
+
+/* ---------------------------------------------------------------------
+ * The replay state
+ * ---------------------------------------------------------------------
+ */
+typedef struct EsReplay
+{
+	MemoryContext cxt;			/* lives as long as the aggregate (or call) */
+	int32		app_id;
+	char	   *appname;
+	HTAB	   *folds;			/* topic -> EsFold, or NULL entry nops = -1 */
+	Oid			app_fold_fn;	/* the application's fold function */
+	FmgrInfo	app_fold;
+	Oid			call_fold_fn;	/* the fold function named in the call */
+	FmgrInfo	call_fold;
+	EsNode	   *root;
+	bool		started;
+	pg_uuid_t	originator_id;
+	int64		version;
+} EsReplay;
+
+/* Checks that a fold function is (jsonb, text, jsonb) -> jsonb. */
+static void
+EsCheckFoldFunction(Oid fn)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	Form_pg_proc proc;
+	bool		ok;
+
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("fold function with OID %u does not exist", fn)));
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+	ok = proc->pronargs == 3 && proc->prorettype == JSONBOID &&
+		proc->proargtypes.values[0] == JSONBOID &&
+		proc->proargtypes.values[1] == TEXTOID &&
+		proc->proargtypes.values[2] == JSONBOID && !proc->proretset;
+	ReleaseSysCache(tup);
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("%s is not a fold function", format_procedure(fn)),
+				 errdetail("A fold function takes (state jsonb, topic text, event jsonb) and returns jsonb.")));
+}
+
+/* Loads the application's folds: its declarative folds and fold function. */
+static void
+EsLoadFolds(EsReplay *r, const EsRelations *rels)
+{
+	StringInfoData sql;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1];
+	HASHCTL		info;
+	MemoryContext old;
+	bool		isnull;
+
+	info.keysize = ES_MAX_TOPIC_BYTES + 1;
+	info.entrysize = sizeof(EsFold);
+	info.hcxt = r->cxt;
+	r->folds = hash_create("eventsourcing folds", 16, &info, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	values[0] = Int32GetDatum(r->app_id);
+
+	SPI_connect();
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT fold_function FROM %s WHERE id = $1",
+					 EsQualifiedName(rels, "es_applications"));
+	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "eventsourcing: could not read es_applications");
+	r->app_fold_fn = InvalidOid;
+	if (SPI_processed == 1)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			r->app_fold_fn = DatumGetObjectId(d);
+	}
+	resetStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT topic, operations FROM %s WHERE application_id = $1",
+					 EsQualifiedName(rels, "es_folds"));
+	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "eventsourcing: could not read es_folds");
+	old = MemoryContextSwitchTo(r->cxt);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *topic = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		Jsonb	   *ops = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		EsFold	   *fold;
+
+		if (strlen(topic) > ES_MAX_TOPIC_BYTES)
+			continue;
+		fold = hash_search(r->folds, topic, HASH_ENTER, NULL);
+		EsCompileFold(topic, ops, fold);
+	}
+	MemoryContextSwitchTo(old);
+	SPI_finish();
+
+	if (OidIsValid(r->app_fold_fn))
+	{
+		EsCheckFoldFunction(r->app_fold_fn);
+		fmgr_info_cxt(r->app_fold_fn, &r->app_fold, r->cxt);
+	}
+}
+
+static EsReplay *
+EsReplayBegin(MemoryContext cxt, const EsRelations *rels, int32 app_id,
+			  const char *appname, Oid call_fold_fn)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	EsReplay   *r = palloc0(sizeof(EsReplay));
+
+	r->cxt = cxt;
+	r->app_id = app_id;
+	r->appname = pstrdup(appname);
+	r->root = EsNodeContainer(ES_OBJECT);
+	MemoryContextSwitchTo(old);
+	EsLoadFolds(r, rels);
+	if (OidIsValid(call_fold_fn))
+	{
+		EsCheckFoldFunction(call_fold_fn);
+		r->call_fold_fn = call_fold_fn;
+		fmgr_info_cxt(call_fold_fn, &r->call_fold, cxt);
+	}
+	return r;
+}
+
+typedef struct EsReplayErrorContext
+{
+	EsReplay   *r;
+	const char *topic;
+	int64		version;
+} EsReplayErrorContext;
+
+static void
+EsReplayErrorCallback(void *arg)
+{
+	EsReplayErrorContext *c = (EsReplayErrorContext *) arg;
+	char	   *id = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&c->r->originator_id)));
+
+	errcontext("replaying version " INT64_FORMAT " (topic \"%s\") of aggregate %s of application \"%s\"",
+			   c->version, c->topic, id, c->r->appname);
+}
+
+/* Parses an event's state bytes as JSON, naming the event when they are not. */
+static Jsonb *
+EsParseState(EsReplay *r, bytea *state, const char *topic, int64 version)
+{
+	char	   *text = pnstrdup(VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state));
+	Jsonb	   *result = NULL;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		char	   *id;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		id = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&r->originator_id)));
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("the state of version " INT64_FORMAT " (topic \"%s\") of aggregate %s of application \"%s\" is not valid JSON",
+						version, topic, id, r->appname),
+				 errdetail("%s", edata->message)));
+	}
+	PG_END_TRY();
+	return result;
+}
+
+/* Folds one event into the state. */
+static void
+EsReplayEvent(EsReplay *r, const pg_uuid_t *originator_id, int64 version,
+			  text *topic, bytea *state)
+{
+	char	   *topic_str = text_to_cstring(topic);
+	EsReplayErrorContext ectx;
+	ErrorContextCallback callback;
+	Jsonb	   *event;
+	EsFold	   *fold = NULL;
+	MemoryContext old;
+
+	if (r->started)
+	{
+		if (memcmp(originator_id->data, r->originator_id.data, UUID_LEN) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("es_replay was given events of more than one aggregate"),
+					 errhint("Replay one aggregate at a time, or GROUP BY originator_id.")));
+		if (version <= r->version)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("es_replay was given version " INT64_FORMAT " after version " INT64_FORMAT,
+							version, r->version),
+					 errhint("Replay events in version order: es_events returns them so, or use es_replay(... ORDER BY originator_version).")));
+	}
+	r->started = true;
+	r->originator_id = *originator_id;
+	r->version = version;
+
+	ectx.r = r;
+	ectx.topic = topic_str;
+	ectx.version = version;
+	callback.callback = EsReplayErrorCallback;
+	callback.arg = &ectx;
+	callback.previous = error_context_stack;
+
+	event = EsParseState(r, state, topic_str, version);
+	error_context_stack = &callback;
+
+	old = MemoryContextSwitchTo(r->cxt);
+	if (!OidIsValid(r->call_fold_fn) && strlen(topic_str) <= ES_MAX_TOPIC_BYTES)
+		fold = hash_search(r->folds, topic_str, HASH_FIND, NULL);
+	if (OidIsValid(r->call_fold_fn) || (fold == NULL && OidIsValid(r->app_fold_fn)))
+	{
+		FmgrInfo   *fn = OidIsValid(r->call_fold_fn) ? &r->call_fold : &r->app_fold;
+		Jsonb	   *current = EsDocumentToJsonb(r->root);
+		Datum		result;
+
+		result = FunctionCall3Coll(fn, InvalidOid, JsonbPGetDatum(current),
+								   PointerGetDatum(topic), JsonbPGetDatum(event));
+		if (result == (Datum) 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("the fold function returned NULL")));
+		r->root = EsDocumentFromJsonb(DatumGetJsonbPCopy(result));
+	}
+	else if (fold != NULL)
+	{
+		Jsonb	   *ev = DatumGetJsonbPCopy(JsonbPGetDatum(event));
+
+		for (int i = 0; i < fold->nops; i++)
+			r->root = EsApplyOp(r->root, &fold->ops[i], ev, i);
+	}
+	else
+	{
+		/* The default: a shallow merge of the event's fields. */
+		static const EsFoldOp merge_all = {ES_OP_MERGE, {0, NULL, NULL}, true, {0, NULL, NULL}, false};
+		Jsonb	   *ev = DatumGetJsonbPCopy(JsonbPGetDatum(event));
+
+		r->root = EsApplyOp(r->root, &merge_all, ev, 0);
+	}
+	MemoryContextSwitchTo(old);
+	error_context_stack = callback.previous;
+}
+
+/* ---------------------------------------------------------------------
+ * es_replay: the aggregate function
+ * ---------------------------------------------------------------------
+ */
+static EsReplay *
+EsReplayStep(FunctionCallInfo fcinfo, Oid call_fold_fn)
+{
+	MemoryContext aggcxt;
+	EsReplay   *r = PG_ARGISNULL(0) ? NULL : (EsReplay *) PG_GETARG_POINTER(0);
+	HeapTupleHeader ev;
+	TupleDesc	tupdesc;
+	HeapTupleData tuple;
+	Datum		values[6];
+	bool		nulls[6];
+
+	if (!AggCheckCallContext(fcinfo, &aggcxt))
+		elog(ERROR, "eventsourcing: es_replay_step called in a non-aggregate context");
+	if (PG_ARGISNULL(2))
+		return r;				/* no event (e.g. an outer join): nothing to fold */
+	if (r == NULL)
+	{
+		EsRelations rels;
+		text	   *application = EsArgApplication(fcinfo, 1);
+		int32		app_id;
+
+		EsLookupRelations(&rels);
+		app_id = EsLookupApplication(&rels, application);
+		r = EsReplayBegin(aggcxt, &rels, app_id, text_to_cstring(application), call_fold_fn);
+	}
+
+	ev = PG_GETARG_HEAPTUPLEHEADER(2);
+	tupdesc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(ev), HeapTupleHeaderGetTypMod(ev));
+	if (tupdesc->natts < 4)
+		elog(ERROR, "eventsourcing: es_replay needs es_stored_event rows");
+	tuple.t_len = HeapTupleHeaderGetDatumLength(ev);
+	ItemPointerSetInvalid(&tuple.t_self);
+	tuple.t_tableOid = InvalidOid;
+	tuple.t_data = ev;
+	heap_deform_tuple(&tuple, tupdesc, values, nulls);
+	ReleaseTupleDesc(tupdesc);
+	for (int i = 0; i < 4; i++)
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("event.%s must not be NULL",
+							i == 0 ? "originator_id" : i == 1 ? "originator_version" : i == 2 ? "topic" : "state")));
+	EsReplayEvent(r, DatumGetUUIDP(values[0]), DatumGetInt64(values[1]),
+				  DatumGetTextPP(values[2]), DatumGetByteaPP(values[3]));
+	return r;
+}
+
+/* es_replay_step(internal, application text, event es_stored_event) */
+PG_FUNCTION_INFO_V1(es_replay_step);
+Datum
+es_replay_step(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_POINTER(EsReplayStep(fcinfo, InvalidOid));
+}
+
+/* es_replay_fold_step(internal, application text, event es_stored_event, fold regprocedure) */
+PG_FUNCTION_INFO_V1(es_replay_fold_step);
+Datum
+es_replay_fold_step(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("fold must not be NULL")));
+	PG_RETURN_POINTER(EsReplayStep(fcinfo, PG_GETARG_OID(3)));
+}
+
+/* es_replay_final(internal) RETURNS jsonb: NULL when there were no events. */
+PG_FUNCTION_INFO_V1(es_replay_final);
+Datum
+es_replay_final(PG_FUNCTION_ARGS)
+{
+	EsReplay   *r = PG_ARGISNULL(0) ? NULL : (EsReplay *) PG_GETARG_POINTER(0);
+
+	if (r == NULL || !r->started)
+		PG_RETURN_NULL();
+	PG_RETURN_JSONB_P(EsDocumentToJsonb(r->root));
+}
+
+/* ---------------------------------------------------------------------
+ * Fold definitions
+ * ---------------------------------------------------------------------
+ */
+
+/* Any change to an application's folds makes its snapshots stale. */
+static void
+EsBumpFoldGeneration(const EsRelations *rels, int32 app_id)
+{
+	StringInfoData sql;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1];
+
+	values[0] = Int32GetDatum(app_id);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE %s SET fold_generation = fold_generation + 1 WHERE id = $1",
+					 EsQualifiedName(rels, "es_applications"));
+	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "eventsourcing: could not update es_applications");
+}
+
+/* es_define_fold(application text, topic text, operations jsonb) RETURNS void */
+PG_FUNCTION_INFO_V1(es_define_fold);
+Datum
+es_define_fold(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	EsRelations rels;
+	int32		app_id;
+	char	   *topic;
+	StringInfoData sql;
+	Oid			argtypes[3] = {INT4OID, TEXTOID, JSONBOID};
+	Datum		values[3];
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("topic must not be NULL")));
+	topic = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (strlen(topic) == 0 || strlen(topic) > ES_MAX_TOPIC_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("topic must be 1 to %d bytes", ES_MAX_TOPIC_BYTES)));
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	values[0] = Int32GetDatum(app_id);
+	values[1] = PG_GETARG_DATUM(1);
+
+	SPI_connect();
+	initStringInfo(&sql);
+	if (PG_ARGISNULL(2))
+	{
+		appendStringInfo(&sql, "DELETE FROM %s WHERE application_id = $1 AND topic = $2",
+						 EsQualifiedName(&rels, "es_folds"));
+		if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "eventsourcing: could not delete the fold");
+	}
+	else
+	{
+		EsFold		fold;
+
+		EsCompileFold(topic, PG_GETARG_JSONB_P(2), &fold);	/* checks it */
+		values[2] = PG_GETARG_DATUM(2);
+		appendStringInfo(&sql,
+						 "INSERT INTO %s (application_id, topic, operations) VALUES ($1, $2, $3) "
+						 "ON CONFLICT (application_id, topic) DO UPDATE SET operations = excluded.operations",
+						 EsQualifiedName(&rels, "es_folds"));
+		if (SPI_execute_with_args(sql.data, 3, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "eventsourcing: could not record the fold");
+	}
+	EsBumpFoldGeneration(&rels, app_id);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/* es_set_fold_function(application text, fold regprocedure) RETURNS void */
+PG_FUNCTION_INFO_V1(es_set_fold_function);
+Datum
+es_set_fold_function(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	EsRelations rels;
+	int32		app_id;
+	StringInfoData sql;
+	Oid			argtypes[2] = {INT4OID, REGPROCEDUREOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+
+	if (!PG_ARGISNULL(1))
+		EsCheckFoldFunction(PG_GETARG_OID(1));
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	values[0] = Int32GetDatum(app_id);
+	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
+	if (PG_ARGISNULL(1))
+		nulls[1] = 'n';
+	SPI_connect();
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE %s SET fold_function = $2 WHERE id = $1",
+					 EsQualifiedName(&rels, "es_applications"));
+	if (SPI_execute_with_args(sql.data, 2, argtypes, values, nulls, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "eventsourcing: could not update es_applications");
+	EsBumpFoldGeneration(&rels, app_id);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/* es_set_snapshot_every(application text, events int) RETURNS void */
+PG_FUNCTION_INFO_V1(es_set_snapshot_every);
+Datum
+es_set_snapshot_every(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	EsRelations rels;
+	int32		app_id;
+	StringInfoData sql;
+	Oid			argtypes[2] = {INT4OID, INT4OID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+
+	if (!PG_ARGISNULL(1) && PG_GETARG_INT32(1) < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("events must be positive, or NULL to stop taking snapshots automatically"),
+				 errdetail("The given events is %d.", PG_GETARG_INT32(1))));
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	values[0] = Int32GetDatum(app_id);
+	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
+	if (PG_ARGISNULL(1))
+		nulls[1] = 'n';
+	SPI_connect();
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE %s SET snapshot_every = $2 WHERE id = $1",
+					 EsQualifiedName(&rels, "es_applications"));
+	if (SPI_execute_with_args(sql.data, 2, argtypes, values, nulls, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "eventsourcing: could not update es_applications");
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/* ---------------------------------------------------------------------
+ * es_state and snapshots
+ * ---------------------------------------------------------------------
+ */
+
+typedef struct EsStateResult
+{
+	Jsonb	   *state;			/* NULL: no events */
+	int64		version;		/* the last version folded */
+	int64		folded;			/* events folded after the snapshot */
+	bool		from_snapshot;
+} EsStateResult;
+
+/*
+ * The state of an aggregate at `at_version` (all if < 0): from the latest
+ * snapshot of the current fold generation at or below it, plus the events
+ * after it.
+ */
+static EsStateResult
+EsComputeState(const EsRelations *rels, text *application, int32 app_id,
+			   pg_uuid_t *originator_id, int64 at_version, int64 *generation,
+			   int32 *snapshot_every)
+{
+	EsStateResult res = {NULL, -1, 0, false};
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "es_state", ALLOCSET_DEFAULT_SIZES);
+	EsReplay   *r = EsReplayBegin(cxt, rels, app_id, text_to_cstring(application), InvalidOid);
+	StringInfoData sql;
+	Oid			argtypes[4] = {INT4OID, UUIDOID, INT8OID, INT8OID};
+	Datum		values[4];
+	bool		isnull;
+	int64		after = 0;
+	bool		have_after = false;
+	Relation	events;
+	Relation	idx;
+	Snapshot	snapshot;
+	IndexScanDesc scan;
+	ScanKeyData keys[4];
+	int			nkeys = 2;
+	TupleTableSlot *slot;
+
+	/* the application's settings, then the snapshot to start from */
+	SPI_connect();
+	values[0] = Int32GetDatum(app_id);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT fold_generation, snapshot_every FROM %s WHERE id = $1",
+					 EsQualifiedName(rels, "es_applications"));
+	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "eventsourcing: could not read es_applications");
+	*generation = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	*snapshot_every = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (isnull)
+		*snapshot_every = 0;
+
+	values[1] = UUIDPGetDatum(originator_id);
+	values[2] = Int64GetDatum(*generation);
+	values[3] = Int64GetDatum(at_version < 0 ? PG_INT64_MAX : at_version);
+	resetStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT originator_version, state FROM %s WHERE application_id = $1 AND originator_id = $2 "
+					 "AND fold_generation = $3 AND originator_version <= $4 ORDER BY originator_version DESC LIMIT 1",
+					 EsQualifiedName(rels, "es_snapshots"));
+	if (SPI_execute_with_args(sql.data, 4, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "eventsourcing: could not read es_snapshots");
+	if (SPI_processed == 1)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		after = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		r->root = EsDocumentFromJsonb(DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)));
+		r->started = true;
+		r->originator_id = *originator_id;
+		r->version = after;
+		have_after = true;
+		res.from_snapshot = true;
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+
+	/* then the events after it */
+	events = table_open(rels->events, AccessShareLock);
+	idx = index_open(rels->events_version_idx, AccessShareLock);
+	snapshot = RegisterSnapshot(GetActiveSnapshot());
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
+	if (have_after)
+		ScanKeyInit(&keys[nkeys++], 3, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
+	if (at_version >= 0)
+		ScanKeyInit(&keys[nkeys++], 3, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(at_version));
+	scan = index_beginscan(events, idx, snapshot, nkeys, 0);
+	index_rescan(scan, keys, nkeys, NULL, 0);
+	slot = table_slot_create(events, NULL);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		slot_getallattrs(slot);
+		EsReplayEvent(r, originator_id,
+					  DatumGetInt64(slot->tts_values[Anum_es_originator_version - 1]),
+					  DatumGetTextPP(slot->tts_values[Anum_es_topic - 1]),
+					  DatumGetByteaPP(slot->tts_values[Anum_es_state - 1]));
+		res.folded++;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(idx, AccessShareLock);
+	table_close(events, AccessShareLock);
+
+	if (r->started)
+	{
+		res.state = EsDocumentToJsonb(r->root);
+		res.version = r->version;
+	}
+	return res;
+}
+
+static void
+EsStoreSnapshot(const EsRelations *rels, int32 app_id, pg_uuid_t *originator_id,
+				int64 version, Jsonb *state, int64 generation)
+{
+	StringInfoData sql;
+	Oid			argtypes[5] = {INT4OID, UUIDOID, INT8OID, JSONBOID, INT8OID};
+	Datum		values[5];
+
+	values[0] = Int32GetDatum(app_id);
+	values[1] = UUIDPGetDatum(originator_id);
+	values[2] = Int64GetDatum(version);
+	values[3] = JsonbPGetDatum(state);
+	values[4] = Int64GetDatum(generation);
+	SPI_connect();
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "INSERT INTO %s (application_id, originator_id, originator_version, state, fold_generation, created_at) "
+					 "VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (application_id, originator_id, originator_version) "
+					 "DO UPDATE SET state = excluded.state, fold_generation = excluded.fold_generation, created_at = excluded.created_at",
+					 EsQualifiedName(rels, "es_snapshots"));
+	if (SPI_execute_with_args(sql.data, 5, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "eventsourcing: could not store the snapshot");
+	SPI_finish();
+}
+
+/* es_state(application text, originator_id uuid, at_version bigint) RETURNS jsonb */
+PG_FUNCTION_INFO_V1(es_state);
+Datum
+es_state(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	pg_uuid_t  *originator_id;
+	int64		at_version = PG_ARGISNULL(2) ? -1 : PG_GETARG_INT64(2);
+	EsRelations rels;
+	int32		app_id;
+	int64		generation;
+	int32		every;
+	EsStateResult res;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("originator_id must not be NULL")));
+	if (!PG_ARGISNULL(2) && at_version < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("at_version must not be negative"),
+				 errdetail("The given at_version is " INT64_FORMAT ".", at_version)));
+	originator_id = PG_GETARG_UUID_P(1);
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+
+	res = EsComputeState(&rels, application, app_id, originator_id, at_version, &generation, &every);
+	if (res.state == NULL)
+		PG_RETURN_NULL();
+
+	/* Automatic snapshots: when enough events were folded, where we may write. */
+	if (every > 0 && res.folded >= every && at_version < 0 &&
+		!RecoveryInProgress() && !XactReadOnly &&
+		pg_class_aclcheck(get_relname_relid("es_snapshots", rels.namespace), GetUserId(),
+						  ACL_INSERT | ACL_UPDATE) == ACLCHECK_OK)
+		EsStoreSnapshot(&rels, app_id, originator_id, res.version, res.state, generation);
+	PG_RETURN_JSONB_P(res.state);
+}
+
+/* es_snapshot(application text, originator_id uuid) RETURNS bigint */
+PG_FUNCTION_INFO_V1(es_snapshot);
+Datum
+es_snapshot(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	pg_uuid_t  *originator_id;
+	EsRelations rels;
+	int32		app_id;
+	int64		generation;
+	int32		every;
+	EsStateResult res;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("originator_id must not be NULL")));
+	originator_id = PG_GETARG_UUID_P(1);
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+	PreventCommandIfReadOnly("es_snapshot()");
+
+	res = EsComputeState(&rels, application, app_id, originator_id, -1, &generation, &every);
+	if (res.state == NULL)
+		PG_RETURN_NULL();
+	EsStoreSnapshot(&rels, app_id, originator_id, res.version, res.state, generation);
+	PG_RETURN_INT64(res.version);
+}
