@@ -731,6 +731,8 @@ typedef struct EsReplay
 	bool		started;
 	pg_uuid_t	originator_id;
 	int64		version;
+	Oid			event_type;		/* es_stored_event, and its descriptor */
+	TupleDesc	event_desc;
 } EsReplay;
 
 /* Checks that a fold function is (jsonb, text, jsonb) -> jsonb. */
@@ -993,15 +995,22 @@ EsReplayStep(FunctionCallInfo fcinfo, Oid call_fold_fn)
 	}
 
 	ev = PG_GETARG_HEAPTUPLEHEADER(2);
-	tupdesc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(ev), HeapTupleHeaderGetTypMod(ev));
-	if (tupdesc->natts < 4)
+	if (r->event_desc == NULL || r->event_type != HeapTupleHeaderGetTypeId(ev))
+	{
+		MemoryContext old = MemoryContextSwitchTo(r->cxt);
+
+		r->event_type = HeapTupleHeaderGetTypeId(ev);
+		r->event_desc = lookup_rowtype_tupdesc_copy(r->event_type, HeapTupleHeaderGetTypMod(ev));
+		MemoryContextSwitchTo(old);
+	}
+	tupdesc = r->event_desc;
+	if (tupdesc->natts < 4 || tupdesc->natts > 6)
 		elog(ERROR, "eventsourcing: es_replay needs es_stored_event rows");
 	tuple.t_len = HeapTupleHeaderGetDatumLength(ev);
 	ItemPointerSetInvalid(&tuple.t_self);
 	tuple.t_tableOid = InvalidOid;
 	tuple.t_data = ev;
 	heap_deform_tuple(&tuple, tupdesc, values, nulls);
-	ReleaseTupleDesc(tupdesc);
 	for (int i = 0; i < 4; i++)
 		if (nulls[i])
 			ereport(ERROR,
@@ -1211,6 +1220,7 @@ EsComputeState(const EsRelations *rels, text *application, int32 app_id,
 {
 	EsStateResult res = {NULL, -1, 0, false};
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "es_state", ALLOCSET_DEFAULT_SIZES);
+	MemoryContext tmpcxt = AllocSetContextCreate(CurrentMemoryContext, "es_state event", ALLOCSET_DEFAULT_SIZES);
 	EsReplay   *r = EsReplayBegin(cxt, rels, app_id, text_to_cstring(application), InvalidOid);
 	StringInfoData sql;
 	Oid			argtypes[4] = {INT4OID, UUIDOID, INT8OID, INT8OID};
@@ -1279,13 +1289,19 @@ EsComputeState(const EsRelations *rels, text *application, int32 app_id,
 	slot = table_slot_create(events, NULL);
 	while (index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
+		/* Parsing garbage goes to a per-event context; the state lives in cxt. */
+		MemoryContext old = MemoryContextSwitchTo(tmpcxt);
+
 		slot_getallattrs(slot);
 		EsReplayEvent(r, originator_id,
 					  DatumGetInt64(slot->tts_values[Anum_es_originator_version - 1]),
 					  DatumGetTextPP(slot->tts_values[Anum_es_topic - 1]),
 					  DatumGetByteaPP(slot->tts_values[Anum_es_state - 1]));
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(tmpcxt);
 		res.folded++;
 	}
+	MemoryContextDelete(tmpcxt);
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 	UnregisterSnapshot(snapshot);

@@ -143,6 +143,49 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 
+# --- replay: one aggregate of N events, declarative folds vs PL/pgSQL vs reading
+REPLAY_EVENTS=${BENCH_REPLAY_EVENTS:-10000}
+psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
+SELECT es_create_application('replay');
+SELECT es_define_fold('replay', 'Dog.Registered', '[{"op": "set", "path": "name", "from": "name"}, {"op": "set", "path": "tricks", "value": []}]');
+SELECT es_define_fold('replay', 'Dog.TrickAdded', '[{"op": "append", "path": "tricks", "from": "trick"}]');
+CREATE FUNCTION bench_dog_fold(state jsonb, topic text, event jsonb) RETURNS jsonb LANGUAGE plpgsql AS \$\$
+BEGIN
+    IF topic = 'Dog.Registered' THEN
+        RETURN jsonb_build_object('name', event->'name', 'tricks', '[]'::jsonb);
+    ELSIF topic = 'Dog.TrickAdded' THEN
+        RETURN jsonb_set(state, '{tricks}', (state->'tricks') || jsonb_build_array(event->'trick'));
+    END IF;
+    RETURN state;
+END \$\$;
+-- two identical dogs; the second gets a snapshot 100 events before its end
+SELECT count(*) FROM (VALUES ('00000000-0000-4000-8000-00000000d001'::uuid), ('00000000-0000-4000-8000-00000000d002'::uuid)) d(id),
+    LATERAL es_append('replay', ARRAY(
+        SELECT ROW(d.id, v, CASE WHEN v = 1 THEN 'Dog.Registered' ELSE 'Dog.TrickAdded' END,
+                   convert_to(CASE WHEN v = 1 THEN '{"name": "Fido"}' ELSE '{"trick": "trick number ' || v || '"}' END, 'UTF8'))::es_event
+        FROM generate_series(1, $REPLAY_EVENTS - 100) v));
+SELECT es_snapshot('replay', '00000000-0000-4000-8000-00000000d002');
+SELECT count(*) FROM (VALUES ('00000000-0000-4000-8000-00000000d001'::uuid), ('00000000-0000-4000-8000-00000000d002'::uuid)) d(id),
+    LATERAL es_append('replay', ARRAY(
+        SELECT ROW(d.id, v, 'Dog.TrickAdded', convert_to('{"trick": "trick number ' || v || '"}', 'UTF8'))::es_event
+        FROM generate_series($REPLAY_EVENTS - 99, $REPLAY_EVENTS) v));
+VACUUM ANALYZE es_stored_events;
+SQL
+echo "SELECT count(*), sum(octet_length(state)) FROM es_events('replay', '00000000-0000-4000-8000-00000000d001');" >"$WORK/replay_read.sql"
+echo "SELECT es_replay('replay', e) IS NOT NULL FROM es_events('replay', '00000000-0000-4000-8000-00000000d001') e;" >"$WORK/replay_declarative.sql"
+echo "SELECT es_replay('replay', e, 'bench_dog_fold') IS NOT NULL FROM es_events('replay', '00000000-0000-4000-8000-00000000d001') e;" >"$WORK/replay_plpgsql.sql"
+echo "SELECT es_state('replay', '00000000-0000-4000-8000-00000000d001') IS NOT NULL;" >"$WORK/state_full.sql"
+echo "SELECT es_state('replay', '00000000-0000-4000-8000-00000000d002') IS NOT NULL;" >"$WORK/state_snapshot.sql"
+declare -A RLAT
+for ((r = 1; r <= ROUNDS; r++)); do
+    for s in replay_read replay_declarative replay_plpgsql state_full state_snapshot; do
+        out=$("$PG_BIN/pgbench" -n -c 1 -t 3 -f "$WORK/$s.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
+        lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+        log "round $r, $s over $REPLAY_EVENTS events: $lat ms"
+        RLAT[$s]="${RLAT[$s]:-} $lat"
+    done
+done
+
 mean() { echo "$@" | tr ' ' '\n' | awk 'NF {s += $1; n++} END {printf "%.3f", s / n}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
@@ -170,5 +213,16 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
         rl=$(mean ${VLAT[$rkey]}); vl=$(mean ${VLAT[$vkey]})
         echo "| $label: $rname vs $vname | $(awk -v n="$VERIFY_EVENTS" -v l="$rl" 'BEGIN {printf "%.0f", n / l * 1000}') | $(awk -v n="$VERIFY_EVENTS" -v l="$vl" 'BEGIN {printf "%.0f", n / l * 1000}') | $(ratio "$rl" "$vl") |"
     done
+    echo
+    echo "| replay of one aggregate of $REPLAY_EVENTS events | ms | events/s | vs reading the rows |"
+    echo "| --- | ---: | ---: | ---: |"
+    rd=$(mean ${RLAT[replay_read]})
+    for pair in "reading the rows (es_events):replay_read" "es_replay, declarative folds (C):replay_declarative" "es_replay, the same fold in PL/pgSQL:replay_plpgsql" "es_state, no snapshot:state_full" "es_state, snapshot 100 events before the end:state_snapshot"; do
+        IFS=: read -r label key <<<"$pair"
+        l=$(mean ${RLAT[$key]})
+        echo "| $label | $l | $(awk -v n="$REPLAY_EVENTS" -v l="$l" 'BEGIN {printf "%.0f", n / l * 1000}') | $(ratio "$l" "$rd")x the time |"
+    done
+    echo
+    echo "Declarative folds vs PL/pgSQL: $(ratio "$(mean ${RLAT[replay_plpgsql]})" "$(mean ${RLAT[replay_declarative]})")x faster."
 } | tee "$RESULTS/latest.md"
 rm -rf "$WORK"

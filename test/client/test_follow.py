@@ -88,6 +88,14 @@ class Listener:
         out, self.pending = self.pending, []
         return out
 
+    def collect(self, duration: float) -> List[dict]:
+        """Everything that arrives within `duration` seconds."""
+        deadline = time.monotonic() + duration
+        out: List[dict] = []
+        while (remaining := deadline - time.monotonic()) > 0:
+            out.extend(self.wait(remaining))
+        return out
+
 
 def worker_running(conn: psycopg.Connection) -> bool:
     return conn.execute(
@@ -456,7 +464,7 @@ class FollowTest(unittest.TestCase):
 
             t = threading.Thread(target=wait)
             t.start()
-            early = listener.wait(0.4)
+            early = listener.collect(0.4)
             self.assertTrue(t.is_alive(), "es_wait returned while a writer held the log back")
             self.assertEqual([p for p in early if p["notification_id"] > after], [])
             ended = time.monotonic()
@@ -607,7 +615,7 @@ class FollowTest(unittest.TestCase):
             writer = self.connect()             # a session that has read the new setting
             self.assertEqual(writer.execute("SHOW eventsourcing.notify").fetchone()[0], "off")
             self.append_one(writer, app)
-            self.assertEqual(listener.wait(0.6), [])
+            self.assertEqual(listener.collect(0.6), [])
             self.assertEqual(admin.execute("SELECT es_wait(%s, 1, 1000)", (app,)).fetchone()[0], 2)
         finally:
             admin.execute("ALTER SYSTEM RESET eventsourcing.notify")
@@ -615,12 +623,18 @@ class FollowTest(unittest.TestCase):
         time.sleep(0.3)
         writer = self.connect()
         self.append_one(writer, app)
-        payloads = listener.wait(1.0)
+        payloads = listener.collect(1.0)
         self.assertTrue(payloads and max(p["notification_id"] for p in payloads) == 3, payloads)
 
     # e: the worker comes and goes -----------------------------------------
 
     def hold_until_worker_exits(self, admin) -> None:
+        """The append just made starts the worker (if it was not running);
+        it exits after two idle seconds."""
+        deadline = time.monotonic() + 2
+        while not worker_running(admin):
+            self.assertLess(time.monotonic(), deadline, "the worker did not start")
+            time.sleep(0.01)
         deadline = time.monotonic() + 6
         while worker_running(admin):
             self.assertLess(time.monotonic(), deadline, "the worker did not exit when idle")
@@ -656,7 +670,7 @@ class FollowTest(unittest.TestCase):
         self.hold_until_worker_exits(admin)
         id2 = self.append_one(admin, app)
         self.assertEqual((id1, id2), (1, 2))
-        early = listener.wait(0.5)
+        early = listener.collect(0.5)
         readable = self.log_ids(admin, app)
         self.assertEqual(readable, [])
         self.assertEqual([p for p in early if p["notification_id"] not in readable], [],

@@ -20,7 +20,7 @@ use Test::More;
 
 my $node = es_node('primary');
 $node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION eventsourcing');
+$node->safe_psql('postgres', "CREATE EXTENSION $ES_EXT");
 $node->safe_psql('postgres', "SELECT es_create_application('stress')");
 
 my ($rc, $out) = es_run_driver(

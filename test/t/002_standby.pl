@@ -16,7 +16,7 @@ use Test::More;
 
 my $primary = es_node('primary', allows_streaming => 1);
 $primary->start;
-$primary->safe_psql('postgres', 'CREATE EXTENSION eventsourcing');
+$primary->safe_psql('postgres', "CREATE EXTENSION $ES_EXT");
 $primary->safe_psql('postgres', "SELECT es_create_application('stress')");
 
 $primary->backup('backup');

@@ -28,7 +28,7 @@ use Time::HiRes qw(usleep);
 my $node = es_node('crash');
 $node->append_conf('postgresql.conf', "restart_after_crash = on\n");
 $node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION eventsourcing');
+$node->safe_psql('postgres', "CREATE EXTENSION $ES_EXT");
 $node->safe_psql('postgres', "SELECT es_create_application('stress')");
 
 my $started = PostgreSQL::Test::Utils::tempdir() . '/started';

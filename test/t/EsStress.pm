@@ -14,7 +14,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 use Exporter 'import';
-our @EXPORT = qw(es_node es_driver_cmd es_run_driver es_start_driver es_finish_driver
+our @EXPORT = qw($ES_EXT es_node es_driver_cmd es_run_driver es_start_driver es_finish_driver
   es_summary es_children);
 
 # pg_regress (its --config-auth sets up authentication in init) when the
@@ -34,6 +34,10 @@ our $ROOT   = $ENV{ES_ROOT} // abs_path(dirname(__FILE__) . '/../..');
 our $DRIVER = "$ROOT/test/stress/ordering_stress.py";
 # Debian's python3-psycopg is installed for the system interpreter only.
 our $PYTHON = '/usr/bin/python3';
+# The extension (and library) under test.  Another name lets a deliberately
+# broken build, installed under that name, be run through the same tests to
+# see them fail (ES_EXTENSION=eventsourcing_mut).
+our $ES_EXT = $ENV{ES_EXTENSION} // 'eventsourcing';
 
 # A new cluster (not started) that preloads the extension and has room for
 # the driver's connections and prepared transactions.
@@ -44,7 +48,7 @@ sub es_node
 	$node->init(%params);
 	$node->append_conf(
 		'postgresql.conf', qq(
-shared_preload_libraries = 'eventsourcing'
+shared_preload_libraries = '$ES_EXT'
 max_connections = 64
 max_prepared_transactions = 32
 shared_buffers = 32MB
