@@ -1,5 +1,7 @@
 -- The core interface: every function and every error path.
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS eventsourcing;
+RESET client_min_messages;
 \set VERBOSITY default
 \pset null '(null)'
 

@@ -1,5 +1,7 @@
 -- The seed tutorial's test() (DogSchool), in SQL.
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS eventsourcing;
+RESET client_min_messages;
 \set VERBOSITY default
 SELECT es_create_application('dogschool');
 

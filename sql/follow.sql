@@ -1,5 +1,7 @@
 -- Following: channels, es_wait, consumer groups.
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS eventsourcing;
+RESET client_min_messages;
 \set VERBOSITY default
 \pset null '(null)'
 SELECT es_create_application('follow');

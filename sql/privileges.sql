@@ -1,6 +1,8 @@
 -- Privileges: the table privileges on es_stored_events govern the functions,
 -- which read and write the table directly.
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS eventsourcing;
+RESET client_min_messages;
 \set VERBOSITY default
 SELECT es_create_application('priv');
 SELECT es_append('priv', '00000000-0000-0000-0000-000000000001', 1, 'Created', '');

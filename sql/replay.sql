@@ -1,5 +1,7 @@
 -- Replay: folding events into state in SQL.
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS eventsourcing;
+RESET client_min_messages;
 \set VERBOSITY default
 \pset null '(null)'
 SELECT es_create_application('dogs');

@@ -1,6 +1,8 @@
 -- The per-database worker publishes a watermark for every application that
 -- has been appended to (readers on hot standbys rely on them).
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS eventsourcing;
+RESET client_min_messages;
 SELECT count(*) FROM (SELECT es_create_application('wm' || i) FROM generate_series(1, 100) i) s;
 SELECT count(*) FROM (
     SELECT es_append('wm' || i, gen_random_uuid(), 1, 'Created', '') FROM generate_series(1, 100) i
