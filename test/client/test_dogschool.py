@@ -347,6 +347,39 @@ class DogSchoolTest(unittest.TestCase):
     def assertSqlstate(self, cm, sqlstate: str):
         self.assertEqual(cm.exception.sqlstate, sqlstate, str(cm.exception))
 
+    # replay ----------------------------------------------------------------
+
+    def test_state_in_sql_matches_python(self):
+        """es_state (declarative folds, in the database) computes the same Dog
+        as this module's own Python code, at every version."""
+        conn = self.connect()
+        conn.execute("SELECT es_create_application('replayschool')")
+        app = DogSchool(conn, "replayschool")
+        conn.execute(
+            "SELECT es_define_fold('replayschool', %s, %s::jsonb)",
+            (Dog.Registered.topic(),
+             '[{"op": "set", "path": "name", "from": "name"},'
+             ' {"op": "set", "path": "tricks", "value": []}]'))
+        conn.execute(
+            "SELECT es_define_fold('replayschool', %s, %s::jsonb)",
+            (Dog.TrickAdded.topic(), '[{"op": "append", "path": "tricks", "from": "trick"}]'))
+        dog_id = app.register_dog("Fido")
+        for trick in ("roll over", "fetch ball", "play dead"):
+            app.add_trick(dog_id, trick)
+        for version in (1, 2, 3, 4, None):
+            dog = app.repository.get(dog_id, version=version)
+            if version is None:
+                state = conn.execute("SELECT es_state('replayschool', %s)", (dog_id,)).fetchone()[0]
+            else:
+                state = conn.execute("SELECT es_state('replayschool', %s, %s)", (dog_id, version)).fetchone()[0]
+            self.assertEqual(state, {"name": dog.name, "tricks": list(dog.tricks)}, f"version {version}")
+        # the aggregate function over es_events gives the same, at version 3
+        state = conn.execute(
+            "SELECT es_replay('replayschool', e) FROM es_events('replayschool', %s, lte => 3) e",
+            (dog_id,)).fetchone()[0]
+        self.assertEqual(state["tricks"], ["roll over", "fetch ball"])
+        self.assertEqual(tuple(state["tricks"]), tuple(app.repository.get(dog_id, version=3).tricks))
+
     # 1 ---------------------------------------------------------------------
 
     def test_tutorial(self):
