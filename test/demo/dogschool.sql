@@ -57,3 +57,15 @@ SELECT * FROM get_dog(:'fido', 3);
 \echo '== Fido''s events: SELECT * FROM es_events(''dogschool'', <fido>)'
 SELECT originator_version AS v, topic, convert_from(state, 'UTF8') AS state, recorded_at
 FROM es_events('dogschool', :'fido');
+
+\echo '== Replay in SQL: declarative folds, then es_state (latest and at version 3)'
+SELECT es_define_fold('dogschool', 'dogschool:Dog.Registered',
+    '[{"op": "set", "path": "name", "from": "name"}, {"op": "set", "path": "tricks", "value": []}]') \g /dev/null
+SELECT es_define_fold('dogschool', 'dogschool:Dog.TrickAdded',
+    '[{"op": "append", "path": "tricks", "from": "trick"}]') \g /dev/null
+SELECT es_state('dogschool', :'fido') AS fido, es_state('dogschool', :'fido', 3) AS fido_at_version_3;
+
+\echo '== Integrity: Fido''s head hash, and the verification of the whole log'
+SELECT encode(es_head('dogschool', :'fido'), 'hex') AS fido_head;
+SELECT seal_id, last_notification_id, encode(digest, 'hex') AS seal_digest FROM es_seal('dogschool');
+SELECT count(*) AS problems FROM es_verify_log('dogschool');
