@@ -103,10 +103,11 @@ COMMENT ON TABLE @extschema@.es_tracking IS
 
 CREATE TABLE @extschema@.es_watermarks (
     application_id   integer NOT NULL CONSTRAINT es_watermarks_pkey PRIMARY KEY,
-    notification_id  bigint NOT NULL
+    notification_id  bigint NOT NULL,
+    announced_id     bigint NOT NULL DEFAULT 0
 );
 COMMENT ON TABLE @extschema@.es_watermarks IS
-    'Per application, an id at or below which every notification''s tuple has been written: lets readers on a hot standby decide about gaps.';
+    'Per application, written by the background worker: an id at or below which every notification''s tuple has been written (lets readers on a hot standby decide about gaps), and the last id announced with NOTIFY.';
 
 CREATE TABLE @extschema@.es_seals (
     application_id         integer NOT NULL,

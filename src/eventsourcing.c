@@ -91,6 +91,13 @@ _PG_init(void)
 							 true,
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
+	DefineCustomIntVariable("eventsourcing.notify_interval",
+							"The shortest time between two rounds of the eventsourcing worker (announcements are coalesced).",
+							NULL,
+							&es_notify_interval,
+							5, 0, 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("eventsourcing");
 
 	if (!process_shared_preload_libraries_in_progress)

@@ -97,6 +97,7 @@ extern void EsGapResolverInit(EsGapResolver *r, const EsRelations *rels,
 extern bool EsGapIsPermanent(EsGapResolver *r, int64 id);
 extern void EsGapResolverEnd(EsGapResolver *r);
 extern int64 EsReadWatermark(const EsRelations *rels, int32 app_id);
+extern int64 EsReadAnnounced(const EsRelations *rels, int32 app_id);
 
 typedef struct EsCounterRef
 {
@@ -150,6 +151,7 @@ extern void EsCheckGroup(bool has_member, int32 member, bool has_size, int32 siz
 extern int	es_max_applications;
 extern int	es_worker_naptime;
 extern int	es_seal_interval;
+extern int	es_notify_interval;
 extern bool es_notify;
 extern char *EsChannel(text *application, int32 app_id);
 extern int64 EsReadableHead(const EsRelations *rels, int32 app_id, int64 after);

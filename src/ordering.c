@@ -481,8 +481,8 @@ EsGapIsPermanent(EsGapResolver *r, int64 id)
  * below it had its tuple inserted before the watermark was written (or never
  * will).  Read with the latest snapshot; 0 when none was published.
  */
-int64
-EsReadWatermark(const EsRelations *rels, int32 app_id)
+static int64
+EsReadWatermarkColumn(const EsRelations *rels, int32 app_id, int attno)
 {
 	Relation	rel = table_open(rels->watermarks, AccessShareLock);
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
@@ -497,7 +497,7 @@ EsReadWatermark(const EsRelations *rels, int32 app_id)
 	if (HeapTupleIsValid(tuple))
 	{
 		bool		isnull;
-		Datum		d = heap_getattr(tuple, 2, RelationGetDescr(rel), &isnull);
+		Datum		d = heap_getattr(tuple, attno, RelationGetDescr(rel), &isnull);
 
 		if (!isnull)
 			watermark = DatumGetInt64(d);
@@ -600,4 +600,17 @@ int64
 EsCounterNext(EsCounter *counter)
 {
 	return (int64) pg_atomic_read_u64(&counter->next);
+}
+
+int64
+EsReadWatermark(const EsRelations *rels, int32 app_id)
+{
+	return EsReadWatermarkColumn(rels, app_id, 2);
+}
+
+/* The last id the worker announced (it was readable then); 0 if none. */
+int64
+EsReadAnnounced(const EsRelations *rels, int32 app_id)
+{
+	return EsReadWatermarkColumn(rels, app_id, 3);
 }

@@ -69,16 +69,19 @@ typedef struct EsAppWatermark
 	Oid			events_relid;
 	int64		published;		/* watermark written to es_watermarks */
 	int64		announced;		/* highest id announced with NOTIFY */
+	int64		persisted;		/* announced as last written to es_watermarks */
 } EsAppWatermark;
 
 static HTAB *es_databases = NULL;
 static LWLock *es_worker_lock = NULL;
 static EsDatabase *my_database = NULL;	/* cached per backend */
+static void EsEnsureWorker(EsDatabase *db);
 static bool appended_in_xact = false;
 static bool xact_callback_registered = false;
 
 int			es_worker_naptime = 20;
 int			es_seal_interval = 0;
+int			es_notify_interval = 5;
 bool		es_notify = true;
 
 PGDLLEXPORT void es_worker_main(Datum main_arg);
@@ -174,6 +177,13 @@ EsXactCallback(XactEvent event, void *arg)
 	if (db == NULL)
 		return;
 	ConditionVariableBroadcast(&db->new_events);
+	/* The worker may have gone idle since we appended: start another. */
+	pg_memory_barrier();
+	if (!db->worker_requested)
+	{
+		EsEnsureWorker(db);
+		return;
+	}
 	if (es_notify && pg_atomic_read_u32(&db->wakeup_pending) == 0 &&
 		pg_atomic_exchange_u32(&db->wakeup_pending, 1) == 0)
 	{
@@ -182,6 +192,15 @@ EsXactCallback(XactEvent event, void *arg)
 		if (latch != NULL)
 			SetLatch(latch);
 	}
+}
+
+/* A rolled-back savepoint that appended may make later ids readable. */
+static void
+EsSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
+				  SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB && appended_in_xact && my_database != NULL)
+		ConditionVariableBroadcast(&my_database->new_events);
 }
 
 /*
@@ -198,12 +217,20 @@ EsWakeWorker(void)
 	if (!xact_callback_registered)
 	{
 		RegisterXactCallback(EsXactCallback, NULL);
+		RegisterSubXactCallback(EsSubXactCallback, NULL);
 		xact_callback_registered = true;
 	}
 	appended_in_xact = true;
 
 	/* Pairs with the worker's barrier when it withdraws on idle exit. */
 	pg_memory_barrier();
+	EsEnsureWorker(db);
+}
+
+/* Starts the database's worker unless one is running or requested. */
+static void
+EsEnsureWorker(EsDatabase *db)
+{
 	if (!db->worker_requested)
 	{
 		bool		start = false;
@@ -254,7 +281,7 @@ EsReadableHead(const EsRelations *rels, int32 app_id, int64 after)
  * the application that readers can now be given, if it has moved.  The
  * payload is JSON: {"application": name, "notification_id": id}.
  */
-static void
+static bool
 EsAnnounce(const EsRelations *rels, int32 app_id, EsAppWatermark *w)
 {
 	int64		head = EsReadableHead(rels, app_id, w->announced);
@@ -262,16 +289,17 @@ EsAnnounce(const EsRelations *rels, int32 app_id, EsAppWatermark *w)
 	StringInfoData payload;
 
 	if (head <= w->announced)
-		return;
+		return false;
 	name = EsApplicationName(rels, app_id);
 	if (name == NULL)
-		return;
+		return false;
 	initStringInfo(&payload);
 	appendStringInfoString(&payload, "{\"application\": ");
 	escape_json(&payload, name);
 	appendStringInfo(&payload, ", \"notification_id\": " INT64_FORMAT "}", head);
 	Async_Notify(EsChannel(cstring_to_text(name), app_id), payload.data);
 	w->announced = head;
+	return true;
 }
 
 /*
@@ -279,7 +307,7 @@ EsAnnounce(const EsRelations *rels, int32 app_id, EsAppWatermark *w)
  * Returns false when the extension is no longer installed here.
  */
 static bool
-EsPublishWatermarks(HTAB *published, bool *worked)
+EsPublishWatermarks(HTAB *published, bool *worked, bool tick)
 {
 	EsCounterRef *refs = palloc(sizeof(EsCounterRef) * es_max_applications);
 	int64	   *marks = palloc(sizeof(int64) * es_max_applications);
@@ -296,8 +324,9 @@ EsPublishWatermarks(HTAB *published, bool *worked)
 		EsAppWatermark *w = hash_search(published, &refs[i].app_id, HASH_FIND, NULL);
 		bool		same = (w != NULL && w->events_relid == refs[i].events_relid);
 
-		marks[i] = EsComputeWatermark(refs[i].counter);
-		if (marks[i] > 0 && (!same || w->published < marks[i]))
+		/* Watermarks are written on ticks only; announcements at once. */
+		marks[i] = tick ? EsComputeWatermark(refs[i].counter) : -1;
+		if (marks[i] > 0 && (!same || w->published < marks[i] || w->persisted < w->announced))
 			any = true;
 		else
 			marks[i] = -1;
@@ -325,8 +354,8 @@ EsPublishWatermarks(HTAB *published, bool *worked)
 		SPI_connect();
 		for (int i = 0; i < n; i++)
 		{
-			Oid			argtypes[2] = {INT4OID, INT8OID};
-			Datum		values[2];
+			Oid			argtypes[3] = {INT4OID, INT8OID, INT8OID};
+			Datum		values[3];
 			StringInfoData sql;
 			EsAppWatermark *w;
 			bool		found;
@@ -336,26 +365,33 @@ EsPublishWatermarks(HTAB *published, bool *worked)
 			w = hash_search(published, &refs[i].app_id, HASH_ENTER, &found);
 			if (!found || w->events_relid != refs[i].events_relid)
 			{
-				/* Resume announcing after the watermark of the last worker. */
+				/*
+				 * Resume announcing after the last id an earlier worker
+				 * announced: it was readable then, so it is now.
+				 */
 				w->events_relid = refs[i].events_relid;
 				w->published = 0;
-				w->announced = EsReadWatermark(&rels, refs[i].app_id);
+				w->announced = EsReadAnnounced(&rels, refs[i].app_id);
+				w->persisted = w->announced;
 			}
-			if (may_announce[i])
-				EsAnnounce(&rels, refs[i].app_id, w);
+			if (may_announce[i] && EsAnnounce(&rels, refs[i].app_id, w))
+				*worked = true;
 			if (marks[i] < 0)
 				continue;
 			values[0] = Int32GetDatum(refs[i].app_id);
 			values[1] = Int64GetDatum(marks[i]);
 			initStringInfo(&sql);
+			values[2] = Int64GetDatum(w->announced);
 			appendStringInfo(&sql,
-							 "INSERT INTO %s AS w VALUES ($1, $2) ON CONFLICT (application_id) "
-							 "DO UPDATE SET notification_id = excluded.notification_id "
-							 "WHERE w.notification_id < excluded.notification_id",
+							 "INSERT INTO %s AS w VALUES ($1, $2, $3) ON CONFLICT (application_id) "
+							 "DO UPDATE SET notification_id = greatest(w.notification_id, excluded.notification_id), "
+							 "announced_id = greatest(w.announced_id, excluded.announced_id) "
+							 "WHERE w.notification_id < excluded.notification_id OR w.announced_id < excluded.announced_id",
 							 EsQualifiedName(&rels, "es_watermarks"));
-			if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+			if (SPI_execute_with_args(sql.data, 3, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "eventsourcing: could not publish a watermark");
 			w->published = marks[i];
+			w->persisted = w->announced;
 			*worked = true;
 		}
 		SPI_finish();
@@ -420,6 +456,8 @@ es_worker_main(Datum main_arg)
 	bool		found;
 	TimestampTz idle_since = GetCurrentTimestamp();
 	TimestampTz last_seal = GetCurrentTimestamp();
+	TimestampTz last_round = 0;
+	TimestampTz last_tick = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -450,19 +488,35 @@ es_worker_main(Datum main_arg)
 	for (;;)
 	{
 		bool		worked;
+		bool		tick;
+		long		since;
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 es_worker_naptime, PG_WAIT_EXTENSION);
+
+		/*
+		 * At most one round per eventsourcing.notify_interval: under load,
+		 * one announcement covers many commits, and the worker's own
+		 * transactions stay a small cost next to the writers'.
+		 */
+		since = TimestampDifferenceMilliseconds(last_round, GetCurrentTimestamp());
+		if (since < es_notify_interval)
+			(void) WaitLatch(NULL, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 es_notify_interval - since, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		if (my_database != NULL)
 			pg_atomic_write_u32(&my_database->wakeup_pending, 0);
+		last_round = GetCurrentTimestamp();
+		tick = TimestampDifferenceExceeds(last_tick, last_round, es_worker_naptime);
+		if (tick)
+			last_tick = last_round;
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		if (!EsPublishWatermarks(published, &worked))
+		if (!EsPublishWatermarks(published, &worked, tick))
 			break;				/* extension dropped */
 		if (es_seal_interval > 0 &&
 			TimestampDifferenceExceeds(last_seal, GetCurrentTimestamp(), es_seal_interval * 1000))
@@ -486,7 +540,7 @@ es_worker_main(Datum main_arg)
 			 */
 			EsWorkerExit(0, (Datum) 0);
 			pg_memory_barrier();
-			(void) EsPublishWatermarks(published, &worked);
+			(void) EsPublishWatermarks(published, &worked, true);
 			if (es_seal_interval > 0)
 				EsSealAll();	/* leave nothing unsealed while idle */
 			break;

@@ -70,7 +70,7 @@ SELECT 1, gen_random_uuid(), 1, 'Bench.Event', '\x7b22a22a7d' FROM generate_seri
 SQL
 
 reset_tables() {
-    psql -X -q -d postgres -c "TRUNCATE plain_events, locked_events, es_stored_events" -c "CHECKPOINT" >/dev/null
+    psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "SET eventsourcing.allow_rewrite = on" -c "TRUNCATE plain_events, locked_events, es_stored_events" -c "CHECKPOINT" >/dev/null
 }
 
 # run SCRIPT CLIENTS -> "tps latency_ms"

@@ -54,7 +54,8 @@ def es_event_type(conn: psycopg.Connection):
 
 class Listener:
     """LISTENs on a channel; wait() returns the payloads (parsed JSON) that
-    arrived, waiting at most `timeout` seconds for the first one."""
+    arrived, waiting at most `timeout` seconds for the first one.  One
+    Listener per connection: it drops other channels' notifications."""
 
     def __init__(self, conn: psycopg.Connection, channel: str):
         self.conn = conn
@@ -132,8 +133,10 @@ class FollowTest(unittest.TestCase):
     def setUp(self):
         self.conns: List[psycopg.Connection] = []
         self.lock = threading.Lock()
+        self.stopping = threading.Event()       # tells a failed test's threads to stop
 
     def tearDown(self):
+        self.stopping.set()
         for c in self.conns:
             c.close()
 
@@ -185,6 +188,8 @@ class FollowTest(unittest.TestCase):
                 rnd = random.Random(1000 + k)
                 versions: Dict[uuid.UUID, int] = {}     # committed aggregates of this writer
                 for i in range(TXS):
+                    if self.stopping.is_set():
+                        return
                     pending: Dict[uuid.UUID, int] = {}
                     events = []
                     for _ in range(1 if rnd.random() < 0.55 else rnd.randint(2, 4)):
@@ -227,8 +232,15 @@ class FollowTest(unittest.TestCase):
                 fself.sessions = 0
                 fself.disconnects: List[str] = []
                 fself.notifications: List[Tuple[int, dict]] = []   # (session, payload)
-                fself.read_after_notification = [0, 0, 0]          # events, per session
+                fself.read_after_notification = [0, 0, 0, 0]       # events, per session
+                fself.recorded_at_start: List[int] = []            # per session
                 fself.errors: List[str] = []
+                # The first kill lands inside a page's transaction.
+                fself.stall_after: Optional[int] = 60
+                fself.stalled = threading.Event()
+                fself.stalled_from = 0
+                fself.stalled_page: List[int] = []
+                fself.listening = False
                 fself.target: Optional[int] = None                 # set when writers are done
                 fself.deadline = time.monotonic() + 30
 
@@ -246,7 +258,7 @@ class FollowTest(unittest.TestCase):
                     fself.errors.append(repr(e))
 
             def done(fself) -> bool:
-                return fself.target is not None and fself.pos >= fself.target
+                return self.stopping.is_set() or (fself.target is not None and fself.pos >= fself.target)
 
             def session(fself) -> None:
                 conn = connect(self.dsn)
@@ -258,6 +270,7 @@ class FollowTest(unittest.TestCase):
                 listener = Listener(conn, channel)
                 recorded = conn.execute("SELECT es_tracking_position(%s, %s)",
                                         (down, up)).fetchone()[0] or 0
+                fself.recorded_at_start.append(recorded)
                 if recorded < fself.pos:
                     fself.errors.append("tracking position %d below processed %d" % (recorded, fself.pos))
                 if recorded > fself.pos:
@@ -270,7 +283,9 @@ class FollowTest(unittest.TestCase):
                 while not fself.done():
                     if time.monotonic() > fself.deadline:
                         return
+                    fself.listening = True
                     payloads = listener.wait(0.2)
+                    fself.listening = False
                     if not payloads:
                         continue        # only announcements make it read
                     for p in payloads:
@@ -280,7 +295,7 @@ class FollowTest(unittest.TestCase):
                     highest = max(p["notification_id"] for p in payloads)
                     before = len(fself.processed)
                     fself.catch_up(conn)
-                    fself.read_after_notification[min(session, 2)] += len(fself.processed) - before
+                    fself.read_after_notification[min(session, 3)] += len(fself.processed) - before
                     if fself.pos < highest:
                         fself.errors.append("announced %d, but es_select stopped at %d"
                                             % (highest, fself.pos))
@@ -303,26 +318,42 @@ class FollowTest(unittest.TestCase):
                     with conn.transaction():
                         conn.execute("SELECT es_append(%s, %s::es_event[], %s, %s)",
                                      (down, events, up, ids[-1]))
+                        if fself.stall_after is not None and len(fself.processed) >= fself.stall_after:
+                            fself.stall_after = None
+                            fself.stalled_from, fself.stalled_page = fself.pos, ids
+                            fself.stalled.set()
+                            conn.execute("SELECT pg_sleep(10)")     # until killed
                     fself.processed.extend(ids)
                     fself.pos = ids[-1]
 
         follower = Follower()
-        ft = threading.Thread(target=follower.run, name="follower")
+        ft = threading.Thread(target=follower.run, name="follower", daemon=True)
         ft.start()
         while follower.pid is None and ft.is_alive():
             time.sleep(0.005)
-        writers = [threading.Thread(target=writer, args=(k,), name="writer%d" % k) for k in range(WRITERS)]
+        writers = [threading.Thread(target=writer, args=(k,), name="writer%d" % k, daemon=True)
+                   for k in range(WRITERS)]
         for w in writers:
             w.start()
 
-        # Midway: kill the follower's connection.
+        # Midway, kill the follower's connection: first inside a page's
+        # transaction (after its es_append, before its commit), then, in the
+        # next session, while it waits for announcements.
+        killed: List[Tuple[int, int, int]] = []     # (pid, processed, writers running)
+
+        def kill() -> None:
+            pid = follower.pid
+            self.assertTrue(admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0])
+            killed.append((pid, len(follower.processed), sum(w.is_alive() for w in writers)))
+
+        self.assertTrue(follower.stalled.wait(10), "the follower did not get to 60 events")
+        kill()
         deadline = time.monotonic() + 10
-        while len(follower.processed) < 60 and time.monotonic() < deadline and ft.is_alive():
-            time.sleep(0.005)
-        killed_pid = follower.pid
-        self.assertTrue(admin.execute("SELECT pg_terminate_backend(%s)", (killed_pid,)).fetchone()[0])
-        writers_running_at_kill = sum(w.is_alive() for w in writers)
-        processed_at_kill = len(follower.processed)
+        while not (follower.sessions == 2 and len(follower.processed) >= 250 and follower.listening):
+            self.assertLess(time.monotonic(), deadline, "the follower did not get to 250 events")
+            self.assertTrue(ft.is_alive(), follower.errors)
+            time.sleep(0.001)
+        kill()
 
         self.run_threads(writers, 30)
         self.assertEqual(writer_errors, [])
@@ -349,17 +380,23 @@ class FollowTest(unittest.TestCase):
         self.assertEqual(admin.execute("SELECT es_tracking_position(%s, %s)", (down, up)).fetchone()[0],
                          expected[-1])
 
-        # It was killed once, midway, reconnected, and went on by announcements.
-        self.assertEqual(len(follower.disconnects), 1, follower.disconnects)
-        self.assertEqual(follower.sessions, 2)
-        self.assertNotEqual(follower.pid, killed_pid)
-        self.assertGreater(writers_running_at_kill, 0)
-        self.assertLess(processed_at_kill, len(expected) // 2)
-        self.assertGreater(follower.read_after_notification[1], 0)
-        self.assertGreater(follower.read_after_notification[2], 0,
-                           "after reconnecting, no announcement made the follower read")
+        # It was killed twice while the writers were writing, reconnected,
+        # caught up from its tracking position, and went on by announcements.
+        self.assertEqual(len(follower.disconnects), 2, follower.disconnects)
+        self.assertEqual(follower.sessions, 3)
+        self.assertEqual(len({pid for (pid, _, _) in killed} | {follower.pid}), 3)
+        self.assertTrue(all(running > 0 for (_, _, running) in killed), killed)
+        self.assertLess(killed[1][1], len(expected) * 3 // 4, killed)
+        # The page killed before its commit was not recorded, and processed again.
+        self.assertEqual(follower.recorded_at_start[:2], [0, follower.stalled_from])
+        self.assertLess(follower.stalled_from, follower.stalled_page[0])
+        # What it had processed when killed the second time was recorded.
+        self.assertGreaterEqual(follower.recorded_at_start[2], expected[killed[1][1] - 1])
+        for s in (1, 2, 3):
+            self.assertGreater(follower.read_after_notification[s], 0,
+                               "in session %d no announcement made the follower read" % s)
         # Announcements are ascending within a session and name committed ids.
-        for s in (1, 2):
+        for s in (1, 2, 3):
             ids = [p["notification_id"] for (sess, p) in follower.notifications if sess == s]
             self.assertEqual(ids, sorted(ids))
             self.assertEqual(set(ids) - set(committed), set())
@@ -507,7 +544,7 @@ class FollowTest(unittest.TestCase):
                 EsEvent = es_event_type(conn)
                 rnd = random.Random(2000 + k)
                 mine = {a: 0 for a in aggregates[k::WRITERS]}
-                while any(v < VERSIONS for v in mine.values()):
+                while any(v < VERSIONS for v in mine.values()) and not self.stopping.is_set():
                     open_ = [a for a, v in mine.items() if v < VERSIONS]
                     chosen = rnd.sample(open_, min(len(open_), rnd.randint(1, 3)))
                     events = [EsEvent(a, mine[a] + 1, "group:Thing.Changed", b"{}") for a in chosen]
@@ -539,7 +576,7 @@ class FollowTest(unittest.TestCase):
                 upstream_name = "%s/%dof%d" % (up, m + 1, SIZE)
                 scanned = 0
                 deadline = time.monotonic() + 30
-                while not (final and scanned >= final[0]):
+                while not (final and scanned >= final[0]) and not self.stopping.is_set():
                     if time.monotonic() > deadline:
                         errors.append("member %d: deadline at %d" % (m, scanned))
                         return
@@ -563,8 +600,10 @@ class FollowTest(unittest.TestCase):
             except Exception as e:
                 errors.append("member %d: %r" % (m, e))
 
-        members = [threading.Thread(target=member, args=(m,), name="member%d" % m) for m in range(SIZE)]
-        writers = [threading.Thread(target=writer, args=(k,), name="writer%d" % k) for k in range(WRITERS)]
+        members = [threading.Thread(target=member, args=(m,), name="member%d" % m, daemon=True)
+                   for m in range(SIZE)]
+        writers = [threading.Thread(target=writer, args=(k,), name="writer%d" % k, daemon=True)
+                   for k in range(WRITERS)]
         for t in members + writers:
             t.start()
         self.run_threads(writers, 30)
@@ -625,6 +664,27 @@ class FollowTest(unittest.TestCase):
         self.append_one(writer, app)
         payloads = listener.collect(1.0)
         self.assertTrue(payloads and max(p["notification_id"] for p in payloads) == 3, payloads)
+
+    def test_channel_names(self):
+        """Names that need quoting are announced as JSON strings on their own
+        channel; names over 60 bytes use the application's id."""
+        odd = 'we"ird\\app ü'
+        long = "l" * 61
+        admin = self.connect()
+        self.create(admin, odd, long)
+        channels = {name: admin.execute("SELECT es_channel(%s)", (name,)).fetchone()[0]
+                    for name in (odd, long)}
+        long_id = admin.execute("SELECT id FROM es_applications WHERE name = %s", (long,)).fetchone()[0]
+        self.assertEqual(channels, {odd: "es:" + odd, long: "es:#%d" % long_id})
+        listeners = {name: Listener(self.connect(), ch) for name, ch in channels.items()}
+        self.append_one(admin, odd)
+        self.append_one(admin, long)
+        self.append_one(admin, long)
+        for name, count in ((odd, 1), (long, 2)):
+            payloads = listeners[name].collect(0.5)
+            self.assertTrue(payloads, name)
+            self.assertEqual({p["application"] for p in payloads}, {name})
+            self.assertEqual(max(p["notification_id"] for p in payloads), count)
 
     # e: the worker comes and goes -----------------------------------------
 

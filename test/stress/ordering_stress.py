@@ -164,6 +164,7 @@ class Txn:
     def __init__(self):
         self.ids = []          # ids that commit with the transaction
         self.aborted = []      # ids of rolled-back savepoints
+        self.handed = []       # every id es_append returned in it
         self.stage = "begin"   # begin, appending, open, commit, gone
         self.pending_n = 0     # events of an es_append call without reply
         self.hot_reads = {}    # hot aggregate -> version read
@@ -244,6 +245,7 @@ class Writer(threading.Thread):
             self.run_.violation("%s: es_append of %d events returned %d ids" % (self.name, len(events), len(ids)))
         for i in ids:
             self.handed.append((i, self.epoch))
+        txn.handed += ids
         if ids and ids != list(range(ids[0], ids[0] + len(ids))):
             self.run_.violation("%s: the ids of one es_append call are not consecutive: %s" % (self.name, ids))
         self.stats["events"] += len(ids)
@@ -266,12 +268,12 @@ class Writer(threading.Thread):
             txn.ids += self.append(txn, allow_hot=False)
         x = r.random()
         if x < self.a.rollback_fraction:
-            if r.random() < 0.3:
+            if r.random() < 0.3 and self.a.hold_fraction > 0:
                 time.sleep(r.uniform(0.01, 0.2))
             txn.stage = "rollback"
             c.execute("ROLLBACK")
             self.stats["rolled_back"] += 1
-            self.aborted.append((tuple(txn.ids + txn.aborted), self.epoch))
+            self.aborted.append((tuple(txn.handed), self.epoch))
             return
         x -= self.a.rollback_fraction
         if x < self.a.prepared_fraction:
@@ -337,9 +339,10 @@ class Writer(threading.Thread):
         """Record what the broken transaction's ids became."""
         if txn.stage == "commit":
             self.indoubt.append((tuple(txn.ids), self.epoch))
-            self.aborted.append((tuple(txn.aborted), self.epoch))
+            self.aborted.append((tuple(i for i in txn.handed if i not in txn.ids), self.epoch))
         elif txn.stage != "gone":
-            self.aborted.append((tuple(txn.ids + txn.aborted), self.epoch))
+            # COMMIT was not sent: nothing of it can have committed.
+            self.aborted.append((tuple(txn.handed), self.epoch))
             if txn.pending_n:
                 self.interrupted.append((txn.pending_n, self.epoch))
         try:
@@ -384,7 +387,7 @@ class Writer(threading.Thread):
                                             % (self.name, e.diag.constraint_name, str(e).strip()))
                     self.stats["conflicts" if isinstance(e, errors.UniqueViolation) else "deadlocks"] += 1
                     self.stats["rolled_back"] += 1
-                    self.aborted.append((tuple(txn.ids + txn.aborted), self.epoch))
+                    self.aborted.append((tuple(txn.handed), self.epoch))
                     txn.stage = "gone"
                     try:
                         self.conn.execute("ROLLBACK")
@@ -500,11 +503,13 @@ class Follower(threading.Thread):
                     self.stats["epochs"] += 1
                 try:
                     n = self.poll(conn, epoch)
-                except errors.SerializationFailure:
+                except (errors.SerializationFailure, errors.DeadlockDetected):
+                    # (on a standby, also queries cancelled by a conflict with recovery)
                     self.stats["serialization_failures"] += 1
                     continue
                 except CONNECTION_ERRORS as e:
-                    if not self.a.reconnect:
+                    # On a standby a conflict with recovery may end the session.
+                    if not (self.a.reconnect or self.a.standby):
                         raise
                     self.stats["reconnects"] += 1
                     log("%s: connection lost at id %d (%s); reconnecting"
@@ -697,7 +702,8 @@ def main():
     p.add_argument("--hot-aggregates", type=int, default=3)
     p.add_argument("--hot-fraction", type=float, default=0.3)
     p.add_argument("--rollback-fraction", type=float, default=0.10)
-    p.add_argument("--hold-fraction", type=float, default=0.10)
+    p.add_argument("--hold-fraction", type=float, default=0.10,
+                   help="transactions held open 10-200 ms before COMMIT (0: none, and no rollback waits either)")
     p.add_argument("--savepoint-fraction", type=float, default=0.15)
     p.add_argument("--prepared-fraction", type=float, default=0.03,
                    help="(used only if max_prepared_transactions > 0)")

@@ -58,6 +58,25 @@ my $committed = $node->safe_psql('postgres',
 is($node->safe_psql('postgres', "SELECT count(*) FROM es_select('stress', 1, 1000000)"),
 	$committed, 'stress: es_select from 1 returns every committed event');
 
+# Again with a widened window between taking an id and indexing its tuple,
+# which only the writers' in-flight slots cover (rule (a) of ordering.c).
+is(es_widen_inflight_window($node),
+	'es_stored_events_version_key,es_test_slow_idx,es_stored_events_pkey',
+	'widened: a slow index is filled before the primary key');
+($rc, $out) = es_run_driver(
+	writer_dsn          => $node->connstr('postgres'),
+	app                 => 'widened',
+	%ES_WIDENED_LOAD,
+	writers             => 16,
+	duration            => 8,
+	followers_per_level => 2,
+	levels              => 'rc,rr,ser');
+is($rc, 0, 'widened: every follower saw exactly the committed ids, in order')
+  or diag join("\n", grep { /VIOLATION|ERROR/ } split /\n/, $out);
+$s = es_summary($out);
+ok($s && $s->{result}{committed} > 200,
+	'widened: events committed (' . ($s ? $s->{result}{committed} : 'none') . ')');
+
 # Self-check: followers that ignore gaps are caught.
 ($rc, $out) = es_run_driver(
 	writer_dsn          => $node->connstr('postgres'),

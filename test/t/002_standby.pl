@@ -68,6 +68,27 @@ my $q_mark = "SELECT w.notification_id >= (SELECT max(notification_id) FROM es_s
 ok($committed ne '' && $standby->poll_query_until('postgres', $q_mark),
 	'standby: the replayed watermark reaches the highest committed id');
 
+# Again with a widened window between taking an id and indexing its tuple:
+# on the standby only the watermark covers it.
+is(es_widen_inflight_window($primary),
+	'es_stored_events_version_key,es_test_slow_idx,es_stored_events_pkey',
+	'widened: a slow index is filled before the primary key');
+($rc, $out) = es_run_driver(
+	writer_dsn          => $primary->connstr('postgres'),
+	follower_dsn        => $standby->connstr('postgres'),
+	app                 => 'widened',
+	%ES_WIDENED_LOAD,
+	writers             => 16,
+	duration            => 8,
+	followers_per_level => 2,
+	levels              => 'rc,rr',
+	standby             => undef);
+is($rc, 0, 'widened: every follower on the standby saw exactly the committed ids, in order')
+  or diag join("\n", grep { /VIOLATION|ERROR/ } split /\n/, $out);
+$s = es_summary($out);
+ok($s && $s->{result}{committed} > 200,
+	'widened: events committed (' . ($s ? $s->{result}{committed} : 'none') . ')');
+
 $standby->stop;
 $primary->stop;
 done_testing();

@@ -14,8 +14,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 use Exporter 'import';
-our @EXPORT = qw($ES_EXT es_node es_driver_cmd es_run_driver es_start_driver es_finish_driver
-  es_summary es_children);
+our @EXPORT = qw($ES_EXT %ES_WIDENED_LOAD es_node es_driver_cmd es_run_driver es_start_driver es_finish_driver
+  es_summary es_children es_widen_inflight_window);
 
 # pg_regress (its --config-auth sets up authentication in init) when the
 # caller did not say where it is (test/scripts/test.sh does).
@@ -119,6 +119,40 @@ sub es_summary
 	return undef unless $out =~ /^SUMMARY (\{.*\})$/m;
 	return JSON::PP::decode_json($1);
 }
+
+# Widens the window in which an id has been handed out but its tuple is not
+# yet in the primary key index: an index whose expression sleeps 100 ms for
+# every 29th id, placed before the primary key in the order in which
+# es_append fills the indexes (by OID: the primary key is re-created after
+# it).  During that window only the writer's in-flight slot (on the primary)
+# or the watermark (on a standby) stops a reader from taking the missing id
+# for a permanent gap.  Run the driver with %ES_WIDENED_LOAD (no transaction
+# held open, so that followers reach the head of the log while the window is
+# open): a build without slots or watermark is then caught at once.  Returns
+# the table's index names in insertion order.
+sub es_widen_inflight_window
+{
+	my ($node) = @_;
+	$node->safe_psql(
+		'postgres', q{
+CREATE FUNCTION es_test_slow(id bigint) RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+	IF id % 29 = 0 THEN
+		PERFORM pg_sleep(0.1);
+	END IF;
+	RETURN id;
+END $$;
+CREATE INDEX es_test_slow_idx ON es_stored_events (es_test_slow(notification_id));
+ALTER TABLE es_stored_events DROP CONSTRAINT es_stored_events_pkey,
+	ADD CONSTRAINT es_stored_events_pkey PRIMARY KEY (application_id, notification_id);
+});
+	return $node->safe_psql('postgres',
+		"SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY indexrelid) "
+		  . "FROM pg_index WHERE indrelid = 'es_stored_events'::regclass");
+}
+
+our %ES_WIDENED_LOAD = (hold_fraction => 0, prepared_fraction => 0, rollback_fraction => 0.05);
 
 # The pids of the children of a process.
 sub es_children
