@@ -37,6 +37,7 @@ stop:
 # The benchmark harness (not part of the suite).
 bench:
 	bash test/bench/run.sh
+	bash test/bench/notify_bench.sh
 
 # PGXS does not track header dependencies.
 $(OBJS): src/eventsourcing.h

@@ -132,18 +132,23 @@ sub es_summary
 # the table's index names in insertion order.
 sub es_widen_inflight_window
 {
-	my ($node) = @_;
+	my ($node, $app) = @_;
+	$node->safe_psql('postgres', "SELECT es_create_application('$app')");
+	my $app_id =
+	  $node->safe_psql('postgres', "SELECT id FROM es_applications WHERE name = '$app'");
+	# Only the events of that application sleep (not the rows already there,
+	# which CREATE INDEX evaluates).
 	$node->safe_psql(
-		'postgres', q{
-CREATE FUNCTION es_test_slow(id bigint) RETURNS bigint
-LANGUAGE plpgsql IMMUTABLE AS $$
+		'postgres', qq{
+CREATE FUNCTION es_test_slow(app integer, id bigint) RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE AS \$\$
 BEGIN
-	IF id % 29 = 0 THEN
+	IF app = $app_id AND id % 29 = 0 THEN
 		PERFORM pg_sleep(0.1);
 	END IF;
 	RETURN id;
-END $$;
-CREATE INDEX es_test_slow_idx ON es_stored_events (es_test_slow(notification_id));
+END \$\$;
+CREATE INDEX es_test_slow_idx ON es_stored_events (es_test_slow(application_id, notification_id));
 ALTER TABLE es_stored_events DROP CONSTRAINT es_stored_events_pkey,
 	ADD CONSTRAINT es_stored_events_pkey PRIMARY KEY (application_id, notification_id);
 });
