@@ -170,6 +170,17 @@ EsArgApplication(FunctionCallInfo fcinfo, int argno)
 	return PG_GETARG_TEXT_PP(argno);
 }
 
+/* A uuid argument, never NULL. */
+pg_uuid_t *
+EsArgUuid(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", name)));
+	return PG_GETARG_UUID_P(argno);
+}
+
 /*
  * The id of an application, or an error naming es_create_application.
  *

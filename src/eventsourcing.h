@@ -61,6 +61,7 @@ extern int32 EsLookupApplication(const EsRelations *rels, text *name);
 extern char *EsQualifiedName(const EsRelations *rels, const char *relname);
 extern void EsCheckTablePrivilege(Oid relid, AclMode mode);
 extern text *EsArgApplication(FunctionCallInfo fcinfo, int argno);
+extern pg_uuid_t *EsArgUuid(FunctionCallInfo fcinfo, int argno, const char *name);
 extern char *EsApplicationName(const EsRelations *rels, int32 app_id);
 
 /* eventsourcing.c */

@@ -300,16 +300,6 @@ EsReadChain(const EsRelations *rels, int32 app_id, const text *application,
 	table_close(events, AccessShareLock);
 }
 
-static pg_uuid_t *
-EsArgUuid(FunctionCallInfo fcinfo, int argno, const char *name)
-{
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be NULL", name)));
-	return PG_GETARG_UUID_P(argno);
-}
-
 /* es_head(application text, originator_id uuid) RETURNS bytea */
 PG_FUNCTION_INFO_V1(es_head);
 Datum

@@ -287,11 +287,7 @@ es_events(PG_FUNCTION_ARGS)
 	Snapshot	snapshot;
 	int			count = 0;
 
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("originator_id must not be NULL")));
-	originator_id = PG_GETARG_UUID_P(1);
+	originator_id = EsArgUuid(fcinfo, 1, "originator_id");
 	if (!PG_ARGISNULL(5))
 		EsCheckMaxCount(max_count);
 

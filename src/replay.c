@@ -1129,21 +1129,21 @@ es_define_fold(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* es_set_fold_function(application text, fold regprocedure) RETURNS void */
-PG_FUNCTION_INFO_V1(es_set_fold_function);
-Datum
-es_set_fold_function(PG_FUNCTION_ARGS)
+/*
+ * Sets one setting column of an application (NULL when the argument is NULL);
+ * a fold setting also makes the application's snapshots stale.
+ */
+static void
+EsSetApplicationSetting(FunctionCallInfo fcinfo, const char *column, Oid type, bool is_fold)
 {
 	text	   *application = EsArgApplication(fcinfo, 0);
 	EsRelations rels;
 	int32		app_id;
 	StringInfoData sql;
-	Oid			argtypes[2] = {INT4OID, REGPROCEDUREOID};
+	Oid			argtypes[2] = {INT4OID, type};
 	Datum		values[2];
 	char		nulls[2] = {' ', ' '};
 
-	if (!PG_ARGISNULL(1))
-		EsCheckFoldFunction(PG_GETARG_OID(1));
 	EsLookupRelations(&rels);
 	app_id = EsLookupApplication(&rels, application);
 	values[0] = Int32GetDatum(app_id);
@@ -1152,12 +1152,23 @@ es_set_fold_function(PG_FUNCTION_ARGS)
 		nulls[1] = 'n';
 	SPI_connect();
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "UPDATE %s SET fold_function = $2 WHERE id = $1",
-					 EsQualifiedName(&rels, "es_applications"));
+	appendStringInfo(&sql, "UPDATE %s SET %s = $2 WHERE id = $1",
+					 EsQualifiedName(&rels, "es_applications"), column);
 	if (SPI_execute_with_args(sql.data, 2, argtypes, values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "eventsourcing: could not update es_applications");
-	EsBumpFoldGeneration(&rels, app_id);
+	if (is_fold)
+		EsBumpFoldGeneration(&rels, app_id);
 	SPI_finish();
+}
+
+/* es_set_fold_function(application text, fold regproc) RETURNS void */
+PG_FUNCTION_INFO_V1(es_set_fold_function);
+Datum
+es_set_fold_function(PG_FUNCTION_ARGS)
+{
+	if (!PG_ARGISNULL(1))
+		EsCheckFoldFunction(PG_GETARG_OID(1));
+	EsSetApplicationSetting(fcinfo, "fold_function", REGPROCEDUREOID, true);
 	PG_RETURN_VOID();
 }
 
@@ -1166,32 +1177,12 @@ PG_FUNCTION_INFO_V1(es_set_snapshot_every);
 Datum
 es_set_snapshot_every(PG_FUNCTION_ARGS)
 {
-	text	   *application = EsArgApplication(fcinfo, 0);
-	EsRelations rels;
-	int32		app_id;
-	StringInfoData sql;
-	Oid			argtypes[2] = {INT4OID, INT4OID};
-	Datum		values[2];
-	char		nulls[2] = {' ', ' '};
-
 	if (!PG_ARGISNULL(1) && PG_GETARG_INT32(1) < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("events must be positive, or NULL to stop taking snapshots automatically"),
 				 errdetail("The given events is %d.", PG_GETARG_INT32(1))));
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	values[0] = Int32GetDatum(app_id);
-	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
-	if (PG_ARGISNULL(1))
-		nulls[1] = 'n';
-	SPI_connect();
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "UPDATE %s SET snapshot_every = $2 WHERE id = $1",
-					 EsQualifiedName(&rels, "es_applications"));
-	if (SPI_execute_with_args(sql.data, 2, argtypes, values, nulls, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "eventsourcing: could not update es_applications");
-	SPI_finish();
+	EsSetApplicationSetting(fcinfo, "snapshot_every", INT4OID, false);
 	PG_RETURN_VOID();
 }
 
@@ -1355,16 +1346,12 @@ es_state(PG_FUNCTION_ARGS)
 	int32		every;
 	EsStateResult res;
 
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("originator_id must not be NULL")));
+	originator_id = EsArgUuid(fcinfo, 1, "originator_id");
 	if (!PG_ARGISNULL(2) && at_version < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("at_version must not be negative"),
 				 errdetail("The given at_version is " INT64_FORMAT ".", at_version)));
-	originator_id = PG_GETARG_UUID_P(1);
 	EsLookupRelations(&rels);
 	app_id = EsLookupApplication(&rels, application);
 	EsCheckTablePrivilege(rels.events, ACL_SELECT);
@@ -1395,11 +1382,7 @@ es_snapshot(PG_FUNCTION_ARGS)
 	int32		every;
 	EsStateResult res;
 
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("originator_id must not be NULL")));
-	originator_id = PG_GETARG_UUID_P(1);
+	originator_id = EsArgUuid(fcinfo, 1, "originator_id");
 	EsLookupRelations(&rels);
 	app_id = EsLookupApplication(&rels, application);
 	EsCheckTablePrivilege(rels.events, ACL_SELECT);
