@@ -80,9 +80,12 @@
  * AFTER A RESTART
  *
  * The counter is set, on its first use, to one above the highest id of any
- * tuple in the index (SnapshotAny: committed, aborted or prepared).  Every id
- * a reader may have returned, or skipped, lies below a committed id, so no id
- * is ever handed out twice to anything a reader could see.
+ * tuple in the index (SnapshotAny: committed, aborted or prepared) and above
+ * the published watermark.  Every id a reader on the primary may have
+ * returned, or skipped, lies below a committed id; every id a standby reader
+ * may have skipped lies at or below the watermark.  So no id is ever handed
+ * out twice to anything a reader could see, even after aborted tuples at the
+ * end of the log were vacuumed away.
  *
  * HOT STANDBY
  *
@@ -311,6 +314,13 @@ EsGetCounter(const EsRelations *rels, int32 app_id)
 	 * initializes first, its value wins and ours is dropped.
 	 */
 	highest = EsHighestIdEver(rels, app_id);
+
+	/*
+	 * Never hand out an id at or below a published watermark: standby readers
+	 * have already decided about those (the tuples of aborted ids may have
+	 * been vacuumed away since, and would otherwise be reused).
+	 */
+	highest = Max(highest, EsReadWatermark(rels, app_id));
 
 	LWLockAcquire(es_shared->lock, LW_EXCLUSIVE);
 	counter = hash_search(es_counters, &key, HASH_ENTER_NULL, &found);
