@@ -146,6 +146,7 @@ COMMENT ON TABLE @extschema@.es_snapshots IS
     'Snapshots of aggregates'' states, used by es_state when made with the current fold definitions (fold_generation).';
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_applications', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_applications_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_folds', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_snapshots', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_seals', '');
