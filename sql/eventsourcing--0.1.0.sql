@@ -333,6 +333,13 @@ LANGUAGE C PARALLEL UNSAFE;
 COMMENT ON FUNCTION @extschema@.es_replay_fold_step(internal, text, @extschema@.es_stored_event, regproc) IS
     'Transition function of es_replay(application, event, fold).';
 
+CREATE FUNCTION @extschema@.es_replay_fields_step(internal, text, uuid, bigint, text, bytea)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'es_replay_fields_step'
+LANGUAGE C PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_replay_fields_step(internal, text, uuid, bigint, text, bytea) IS
+    'Transition function of es_replay(application, originator_id, originator_version, topic, state).';
+
 CREATE FUNCTION @extschema@.es_replay_final(internal)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'es_replay_final'
@@ -355,6 +362,15 @@ CREATE AGGREGATE @extschema@.es_replay(application text, event @extschema@.es_st
 );
 COMMENT ON AGGREGATE @extschema@.es_replay(text, @extschema@.es_stored_event, regproc) IS
     'Folds one aggregate''s events into its state with the given fold function (state jsonb, topic text, event jsonb) RETURNS jsonb.';
+
+CREATE AGGREGATE @extschema@.es_replay(application text, originator_id uuid,
+    originator_version bigint, topic text, state bytea) (
+    SFUNC = @extschema@.es_replay_fields_step,
+    STYPE = internal,
+    FINALFUNC = @extschema@.es_replay_final
+);
+COMMENT ON AGGREGATE @extschema@.es_replay(text, uuid, bigint, text, bytea) IS
+    'Like es_replay(application, event), given the columns: SELECT es_replay(''app'', originator_id, originator_version, topic, state) FROM es_events(''app'', id).';
 
 CREATE FUNCTION @extschema@.es_define_fold(application text, topic text, operations jsonb)
 RETURNS void

@@ -26,6 +26,11 @@ SELECT es_replay('dogs', e) FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-0000
 SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000001');
 SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', 3);
 SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', 3)->'tricks'->>-1 AS last_trick;
+-- the same, given the columns instead of the rows
+SELECT es_replay('dogs', originator_id, originator_version, topic, state)
+FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', lte => 3);
+SELECT es_replay('dogs', originator_id, originator_version, NULL, state)
+FROM es_events('dogs', 'd0d0d0d0-0000-4000-8000-000000000001');
 SELECT es_state('dogs', '00000000-0000-0000-0000-000000000000');
 -- many aggregates at once
 SELECT es_append('dogs', 'd0d0d0d0-0000-4000-8000-000000000002', 1, 'dogschool:Dog.Registered', convert_to('{"name": "Millie"}', 'UTF8'));

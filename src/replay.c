@@ -1042,6 +1042,41 @@ es_replay_fold_step(PG_FUNCTION_ARGS)
 	PG_RETURN_POINTER(EsReplayStep(fcinfo, PG_GETARG_OID(3)));
 }
 
+/*
+ * es_replay_fields_step(internal, application text, originator_id uuid,
+ *		originator_version bigint, topic text, state bytea): the same fold, for
+ * callers that pass the columns (no whole-row value to build per event).
+ */
+PG_FUNCTION_INFO_V1(es_replay_fields_step);
+Datum
+es_replay_fields_step(PG_FUNCTION_ARGS)
+{
+	static const char *const names[] = {"originator_id", "originator_version", "topic", "state"};
+	MemoryContext aggcxt;
+	EsReplay   *r = PG_ARGISNULL(0) ? NULL : (EsReplay *) PG_GETARG_POINTER(0);
+
+	if (!AggCheckCallContext(fcinfo, &aggcxt))
+		elog(ERROR, "eventsourcing: es_replay_fields_step called in a non-aggregate context");
+	for (int i = 0; i < 4; i++)
+		if (PG_ARGISNULL(i + 2))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not be NULL", names[i])));
+	if (r == NULL)
+	{
+		EsRelations rels;
+		text	   *application = EsArgApplication(fcinfo, 1);
+		int32		app_id;
+
+		EsLookupRelations(&rels);
+		app_id = EsLookupApplication(&rels, application);
+		r = EsReplayBegin(aggcxt, &rels, app_id, text_to_cstring(application), InvalidOid);
+	}
+	EsReplayEvent(r, PG_GETARG_UUID_P(2), PG_GETARG_INT64(3),
+				  PG_GETARG_TEXT_PP(4), PG_GETARG_BYTEA_PP(5));
+	PG_RETURN_POINTER(r);
+}
+
 /* es_replay_final(internal) RETURNS jsonb: NULL when there were no events. */
 PG_FUNCTION_INFO_V1(es_replay_final);
 Datum

@@ -173,12 +173,13 @@ VACUUM ANALYZE es_stored_events;
 SQL
 echo "SELECT count(*), sum(octet_length(state)) FROM es_events('replay', '00000000-0000-4000-8000-00000000d001');" >"$WORK/replay_read.sql"
 echo "SELECT es_replay('replay', e) IS NOT NULL FROM es_events('replay', '00000000-0000-4000-8000-00000000d001') e;" >"$WORK/replay_declarative.sql"
+echo "SELECT es_replay('replay', originator_id, originator_version, topic, state) IS NOT NULL FROM es_events('replay', '00000000-0000-4000-8000-00000000d001');" >"$WORK/replay_columns.sql"
 echo "SELECT es_replay('replay', e, 'bench_dog_fold') IS NOT NULL FROM es_events('replay', '00000000-0000-4000-8000-00000000d001') e;" >"$WORK/replay_plpgsql.sql"
 echo "SELECT es_state('replay', '00000000-0000-4000-8000-00000000d001') IS NOT NULL;" >"$WORK/state_full.sql"
 echo "SELECT es_state('replay', '00000000-0000-4000-8000-00000000d002') IS NOT NULL;" >"$WORK/state_snapshot.sql"
 declare -A RLAT
 for ((r = 1; r <= ROUNDS; r++)); do
-    for s in replay_read replay_declarative replay_plpgsql state_full state_snapshot; do
+    for s in replay_read replay_declarative replay_columns replay_plpgsql state_full state_snapshot; do
         out=$("$PG_BIN/pgbench" -n -c 1 -t 3 -f "$WORK/$s.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
         lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
         log "round $r, $s over $REPLAY_EVENTS events: $lat ms"
@@ -217,7 +218,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
     echo "| replay of one aggregate of $REPLAY_EVENTS events | ms | events/s | vs reading the rows |"
     echo "| --- | ---: | ---: | ---: |"
     rd=$(mean ${RLAT[replay_read]})
-    for pair in "reading the rows (es_events):replay_read" "es_replay, declarative folds (C):replay_declarative" "es_replay, the same fold in PL/pgSQL:replay_plpgsql" "es_state, no snapshot:state_full" "es_state, snapshot 100 events before the end:state_snapshot"; do
+    for pair in "reading the rows (es_events):replay_read" "es_replay(app, row), declarative folds (C):replay_declarative" "es_replay(app, columns), declarative folds (C):replay_columns" "es_replay, the same fold in PL/pgSQL:replay_plpgsql" "es_state, no snapshot:state_full" "es_state, snapshot 100 events before the end:state_snapshot"; do
         IFS=: read -r label key <<<"$pair"
         l=$(mean ${RLAT[$key]})
         echo "| $label | $l | $(awk -v n="$REPLAY_EVENTS" -v l="$l" 'BEGIN {printf "%.0f", n / l * 1000}') | $(ratio "$l" "$rd")x the time |"
