@@ -180,36 +180,58 @@ EsCompareByAggregate(const void *a, const void *b)
 }
 
 /*
- * The aggregate's current version, or -1 if it has no events; and the hash of
- * its last event (the genesis value if none) in *head.
+ * Reads aggregates' current versions: one index scan, rescanned per aggregate
+ * (a batch of new aggregates costs one probe each, not one scan set-up each).
  */
-static int64
-EsCurrentVersion(const EsRelations *rels, Relation events, int32 app_id,
-				 const pg_uuid_t *originator_id, uint8 *head)
+typedef struct EsVersionProbe
 {
-	Relation	idx = index_open(rels->events_version_idx, AccessShareLock);
+	Relation	idx;
 	IndexScanDesc scan;
+	TupleTableSlot *slot;
 	ScanKeyData keys[2];
-	TupleTableSlot *slot = table_slot_create(events, NULL);
-	int64		version = -1;
+} EsVersionProbe;
 
-	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
-	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
+static void
+EsVersionProbeBegin(EsVersionProbe *p, const EsRelations *rels, Relation events)
+{
+	p->idx = index_open(rels->events_version_idx, AccessShareLock);
+	p->slot = table_slot_create(events, NULL);
+
 	/*
 	 * The caller holds the aggregate's lock, so every other writer of it has
 	 * ended: SnapshotSelf (committed, plus our own) sees the truth, even in a
 	 * REPEATABLE READ transaction whose snapshot is older.
 	 */
-	scan = index_beginscan(events, idx, SnapshotSelf, 2, 0);
-	index_rescan(scan, keys, 2, NULL, 0);
-	if (index_getnext_slot(scan, BackwardScanDirection, slot))
+	p->scan = index_beginscan(events, p->idx, SnapshotSelf, 2, 0);
+}
+
+static void
+EsVersionProbeEnd(EsVersionProbe *p)
+{
+	index_endscan(p->scan);
+	ExecDropSingleTupleTableSlot(p->slot);
+	index_close(p->idx, AccessShareLock);
+}
+
+/*
+ * The aggregate's current version, or -1 if it has no events; and the hash of
+ * its last event (the genesis value if none) in *head.
+ */
+static int64
+EsCurrentVersion(EsVersionProbe *p, int32 app_id, const pg_uuid_t *originator_id, uint8 *head)
+{
+	int64		version = -1;
+
+	ScanKeyInit(&p->keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	ScanKeyInit(&p->keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
+	index_rescan(p->scan, p->keys, 2, NULL, 0);
+	if (index_getnext_slot(p->scan, BackwardScanDirection, p->slot))
 	{
 		bool		isnull;
-
 		bytea	   *hash;
 
-		version = DatumGetInt64(slot_getattr(slot, Anum_es_originator_version, &isnull));
-		hash = DatumGetByteaPP(slot_getattr(slot, Anum_es_event_hash, &isnull));
+		version = DatumGetInt64(slot_getattr(p->slot, Anum_es_originator_version, &isnull));
+		hash = DatumGetByteaPP(slot_getattr(p->slot, Anum_es_event_hash, &isnull));
 		if (VARSIZE_ANY_EXHDR(hash) != ES_HASH_LEN)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
@@ -220,9 +242,7 @@ EsCurrentVersion(const EsRelations *rels, Relation events, int32 app_id,
 	}
 	else
 		memcpy(head, es_genesis_hash, ES_HASH_LEN);
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(idx, AccessShareLock);
+	ExecClearTuple(p->slot);
 	return version;
 }
 
@@ -246,6 +266,7 @@ EsCheckVersions(const EsRelations *rels, Relation events, text *application,
 				const char *appname, int32 app_id, EsEventIn **sorted, int n)
 {
 	int			start = 0;
+	EsVersionProbe probe;
 
 	/* Versions within the call first: no lock needed to refuse those. */
 	for (int i = 1; i < n; i++)
@@ -272,6 +293,7 @@ EsCheckVersions(const EsRelations *rels, Relation events, text *application,
 					 errhint("The events of one aggregate must be given in version order, each one above the last.")));
 	}
 
+	EsVersionProbeBegin(&probe, rels, events);
 	while (start < n)
 	{
 		int			end = start + 1;
@@ -283,7 +305,7 @@ EsCheckVersions(const EsRelations *rels, Relation events, text *application,
 			end++;
 
 		EsLockAggregate(app_id, &first->originator_id);
-		current = EsCurrentVersion(rels, events, app_id, &first->originator_id, head);
+		current = EsCurrentVersion(&probe, app_id, &first->originator_id, head);
 		if (current < 0)
 		{
 			if (first->version > 1)
@@ -316,6 +338,7 @@ EsCheckVersions(const EsRelations *rels, Relation events, text *application,
 		}
 		start = end;
 	}
+	EsVersionProbeEnd(&probe);
 }
 
 /* Step 4: the upstream position, above the one recorded, or a 23505. */
