@@ -432,7 +432,7 @@ EsInsertEvents(const EsRelations *rels, Relation events, int32 app_id,
 		EsEndAllocation();
 	}
 	PG_END_TRY();
-	EsWakeWorker();
+	EsNoteAppend();
 
 	ExecDropSingleTupleTableSlot(slot);
 	ExecCloseIndices(rri);

@@ -14,6 +14,10 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/relscan.h"
+#include "access/tableam.h"
+#include "executor/tuptable.h"
+#include "utils/datum.h"
 #include "access/xact.h"
 #include "access/htup_details.h"
 #include "access/table.h"
@@ -330,4 +334,35 @@ EsApplicationName(const EsRelations *rels, int32 app_id)
 	UnregisterSnapshot(snapshot);
 	table_close(rel, AccessShareLock);
 	return name;
+}
+
+/*
+ * One attribute of the last row of es_stored_events, in `index` order, whose
+ * leading index columns equal `keys` (the application, and maybe the
+ * aggregate), as seen by `snapshot`.  False when there is no such row.
+ */
+bool
+EsLastEventAttr(const EsRelations *rels, Oid index, Snapshot snapshot,
+				ScanKey keys, int nkeys, int attno, Datum *value)
+{
+	Relation	events = table_open(rels->events, AccessShareLock);
+	Relation	idx = index_open(index, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(events, NULL);
+	IndexScanDesc scan = index_beginscan(events, idx, snapshot, nkeys, 0);
+	bool		found = false;
+
+	index_rescan(scan, keys, nkeys, NULL, 0);
+	if (index_getnext_slot(scan, BackwardScanDirection, slot))
+	{
+		bool		isnull;
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(events), attno - 1);
+
+		*value = datumCopy(slot_getattr(slot, attno, &isnull), att->attbyval, att->attlen);
+		found = !isnull;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+	table_close(events, AccessShareLock);
+	return found;
 }

@@ -63,6 +63,8 @@ extern void EsCheckTablePrivilege(Oid relid, AclMode mode);
 extern text *EsArgApplication(FunctionCallInfo fcinfo, int argno);
 extern pg_uuid_t *EsArgUuid(FunctionCallInfo fcinfo, int argno, const char *name);
 extern char *EsApplicationName(const EsRelations *rels, int32 app_id);
+extern bool EsLastEventAttr(const EsRelations *rels, Oid index, Snapshot snapshot,
+							ScanKey keys, int nkeys, int attno, Datum *value);
 
 /* eventsourcing.c */
 extern bool EsSharedMemoryReady(void);
@@ -159,7 +161,7 @@ extern int64 EsReadableHead(const EsRelations *rels, int32 app_id, int64 after);
 extern ConditionVariable *EsNewEventsCV(void);
 extern Size EsWorkerShmemSize(void);
 extern void EsWorkerShmemInit(void);
-extern void EsWakeWorker(void);
+extern void EsNoteAppend(void);
 extern bool EsLookupRelationsIfInstalled(EsRelations *rels);
 
 #endif							/* EVENTSOURCING_H */

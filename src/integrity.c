@@ -18,8 +18,8 @@
  *
  * A seal is SHA-256 over "es-seal-v1", the previous seal's digest (zeros for
  * the first), the application name (length-prefixed), the last id of the
- * previous seal and of this one, and then, for every event of the log in
- * that range in id order, its id (int64 big-endian) and its hash.  Seals
+ * previous seal, then, for every event of the log after it in id order, its
+ * id (int64 big-endian) and its hash, and last the seal's own last id.  Seals
  * chain like events, so deleting a whole aggregate, or the last events of
  * one, or inserting an event into a sealed range, changes a sealed digest.
  *
@@ -309,40 +309,19 @@ es_head(PG_FUNCTION_ARGS)
 	pg_uuid_t  *originator_id = EsArgUuid(fcinfo, 1, "originator_id");
 	EsRelations rels;
 	int32		app_id;
-	Relation	events;
-	Relation	idx;
-	Snapshot	snapshot;
-	IndexScanDesc scan;
 	ScanKeyData keys[2];
-	TupleTableSlot *slot;
-	bytea	   *head = NULL;
+	Datum		head;
 
 	EsLookupRelations(&rels);
 	app_id = EsLookupApplication(&rels, application);
 	EsCheckTablePrivilege(rels.events, ACL_SELECT);
 
-	events = table_open(rels.events, AccessShareLock);
-	idx = index_open(rels.events_version_idx, AccessShareLock);
-	snapshot = RegisterSnapshot(GetActiveSnapshot());
-	slot = table_slot_create(events, NULL);
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
-	scan = index_beginscan(events, idx, snapshot, 2, 0);
-	index_rescan(scan, keys, 2, NULL, 0);
-	if (index_getnext_slot(scan, BackwardScanDirection, slot))
-	{
-		bool		isnull;
-
-		head = DatumGetByteaPCopy(slot_getattr(slot, Anum_es_event_hash, &isnull));
-	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	UnregisterSnapshot(snapshot);
-	index_close(idx, AccessShareLock);
-	table_close(events, AccessShareLock);
-	if (head == NULL)
+	if (!EsLastEventAttr(&rels, rels.events_version_idx, GetActiveSnapshot(), keys, 2,
+						 Anum_es_event_hash, &head))
 		PG_RETURN_NULL();
-	PG_RETURN_BYTEA_P(head);
+	PG_RETURN_DATUM(head);
 }
 
 /*
@@ -402,21 +381,25 @@ EsLockSeals(int32 app_id)
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
-/* The digest of the log in (after, last], from the rows given in id order. */
-typedef struct EsSealDigest
-{
-	int64		count;
-} EsSealDigest;
-
+/*
+ * The digest of the log in (after, last]: a header, each event's id and hash
+ * in id order, and the last id (known only once the events are read).
+ */
 static void
-EsSealDigestBegin(const uint8 *previous, const text *application, int64 after, int64 last)
+EsSealDigestBegin(const uint8 *previous, const text *application, int64 after)
 {
 	EsDigestBegin();
 	EsDigest("es-seal-v1", 10);
 	EsDigest(previous, ES_HASH_LEN);
 	EsDigestBytes(VARDATA_ANY(application), VARSIZE_ANY_EXHDR(application));
 	EsDigestInt64(after);
+}
+
+static void
+EsSealDigestEnd(int64 last, uint8 *out)
+{
 	EsDigestInt64(last);
+	EsDigestEnd(out);
 }
 
 static void
@@ -485,8 +468,6 @@ es_seal(PG_FUNCTION_ARGS)
 	int64		id;
 	int64		last = 0;
 	int64		count = 0;
-	int64		*ids = NULL;
-	int			ids_cap = 0;
 	StringInfoData sql;
 	Datum		result;
 	bool		isnull;
@@ -501,65 +482,35 @@ es_seal(PG_FUNCTION_ARGS)
 	memset(previous, 0, ES_HASH_LEN);
 	(void) EsLastSeal(&rels, app_id, &seal_id, &after, previous);
 
-	/* First pass: which ids, and the last one (part of the digest's header). */
+	/* One pass over what readers can be given now, from the last seal on. */
+	EsSealDigestBegin(previous, application, after);
 	EsLogScanBegin(&scan, &rels, app_id, after + 1, PG_INT64_MAX, true);
 	while ((slot = EsLogScanNext(&scan, &id)) != NULL)
 	{
-		if (count == ids_cap)
-		{
-			ids_cap = Max(1024, ids_cap * 2);
-			ids = ids ? repalloc_huge(ids, sizeof(int64) * ids_cap) : palloc(sizeof(int64) * ids_cap);
-		}
-		ids[count++] = id;
+		EsSealDigestAdd(id, slot);
+		count++;
 		last = id;
 	}
 	EsLogScanEnd(&scan);
+	EsSealDigestEnd(last, digest);
 
 	if (count > 0)
 	{
-		Relation	events = table_open(rels.events, AccessShareLock);
-		Relation	pkey = index_open(rels.events_pkey, AccessShareLock);
-		Snapshot	snapshot = RegisterSnapshot(GetActiveSnapshot());
-		IndexScanDesc iscan;
-		ScanKeyData keys[3];
-		TupleTableSlot *s2 = table_slot_create(events, NULL);
-		int64		k = 0;
 		Oid			argtypes[8] = {INT4OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8ARRAYOID, BYTEAOID, BYTEAOID};
 		Datum		values[8];
 		Datum	   *gapd = palloc(sizeof(Datum) * Max(scan.ngaps, 1));
 
-		/* Second pass over the same ids, now knowing the range. */
-		EsSealDigestBegin(previous, application, after, last);
-		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
-		ScanKeyInit(&keys[1], 2, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
-		ScanKeyInit(&keys[2], 2, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(last));
-		iscan = index_beginscan(events, pkey, snapshot, 3, 0);
-		index_rescan(iscan, keys, 3, NULL, 0);
-		while (index_getnext_slot(iscan, ForwardScanDirection, s2))
-		{
-			int64		rid = DatumGetInt64(slot_getattr(s2, Anum_es_notification_id, &isnull));
+		int			ngaps = 0;
 
-			if (k >= count || ids[k] != rid)
-				elog(ERROR, "eventsourcing: the log changed while it was being sealed");
-			slot_getallattrs(s2);
-			EsSealDigestAdd(rid, s2);
-			k++;
-		}
-		index_endscan(iscan);
-		ExecDropSingleTupleTableSlot(s2);
-		UnregisterSnapshot(snapshot);
-		index_close(pkey, AccessShareLock);
-		table_close(events, AccessShareLock);
-		EsDigestEnd(digest);
-
-		for (int i = 0; i < scan.ngaps; i++)
-			gapd[i] = Int64GetDatum(scan.gaps[i]);
+		/* gaps passed before the scan stopped may lie above the last event */
+		for (int i = 0; i < scan.ngaps && scan.gaps[i] < last; i++)
+			gapd[ngaps++] = Int64GetDatum(scan.gaps[i]);
 		values[0] = Int32GetDatum(app_id);
 		values[1] = Int64GetDatum(seal_id + 1);
 		values[2] = Int64GetDatum(after);
 		values[3] = Int64GetDatum(last);
 		values[4] = Int64GetDatum(count);
-		values[5] = PointerGetDatum(construct_array(gapd, scan.ngaps, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[5] = PointerGetDatum(construct_array(gapd, ngaps, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 		values[6] = PointerGetDatum(EsHashToBytea(previous));
 		values[7] = PointerGetDatum(EsHashToBytea(digest));
 		initStringInfo(&sql);
@@ -756,7 +707,7 @@ EsVerifySeals(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, text
 		qsort(gaps, ngaps, sizeof(int64), EsCompareInt64);
 
 		EsSealDigestBegin(VARSIZE_ANY_EXHDR(prevd) == ES_HASH_LEN ? (uint8 *) VARDATA_ANY(prevd) : previous,
-						  application, after, last);
+						  application, after);
 		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
 		ScanKeyInit(&keys[1], 2, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
 		ScanKeyInit(&keys[2], 2, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(last));
@@ -799,7 +750,7 @@ EsVerifySeals(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, text
 			next_expected = id + 1;
 		}
 		index_endscan(scan);
-		EsDigestEnd(computed);
+		EsSealDigestEnd(last, computed);
 
 		if (ids_ok && (present != count || VARSIZE_ANY_EXHDR(digest) != ES_HASH_LEN ||
 					   memcmp(computed, VARDATA_ANY(digest), ES_HASH_LEN) != 0))

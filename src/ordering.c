@@ -239,29 +239,14 @@ EsMakeKey(EsCounterKey *key, const EsRelations *rels, int32 app_id)
 static int64
 EsHighestIdEver(const EsRelations *rels, int32 app_id)
 {
-	Relation	events = table_open(rels->events, AccessShareLock);
-	Relation	pkey = index_open(rels->events_pkey, AccessShareLock);
-	IndexScanDesc scan;
 	ScanKeyData key;
-	TupleTableSlot *slot = table_slot_create(events, NULL);
-	int64		highest = 0;
+	Datum		id;
 
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
-	scan = index_beginscan(events, pkey, SnapshotAny, 1, 0);
-	index_rescan(scan, &key, 1, NULL, 0);
-	if (index_getnext_slot(scan, BackwardScanDirection, slot))
-	{
-		bool		isnull;
-		Datum		d = slot_getattr(slot, Anum_es_notification_id, &isnull);
-
-		if (!isnull)
-			highest = DatumGetInt64(d);
-	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(pkey, AccessShareLock);
-	table_close(events, AccessShareLock);
-	return highest;
+	if (!EsLastEventAttr(rels, rels->events_pkey, SnapshotAny, &key, 1,
+						 Anum_es_notification_id, &id))
+		return 0;
+	return DatumGetInt64(id);
 }
 
 static EsCounter *
@@ -373,12 +358,14 @@ EsEndAllocation(void)
 }
 
 /*
- * Rule (a): may a writer still be inserting `id`?  Conservative: a slot of
- * the same application whose first id is <= id counts, whatever its length.
+ * The lowest first id that writers of this counter are still inserting
+ * (PG_UINT64_MAX if none); false if one of them is between "allocating" and
+ * knowing its id, which could be any.
  */
 static bool
-EsIdMayBeInFlight(EsCounter *counter, int64 id)
+EsLowestPending(EsCounter *counter, uint64 *lowest)
 {
+	*lowest = PG_UINT64_MAX;
 	for (int i = 0; i < es_shared->nslots; i++)
 	{
 		EsSlot	   *slot = &es_shared->slots[i];
@@ -389,10 +376,23 @@ EsIdMayBeInFlight(EsCounter *counter, int64 id)
 		pg_read_barrier();
 		if (slot->counter != counter)
 			continue;
-		if (pending == ES_SLOT_ALLOCATING || pending <= (uint64) id)
-			return true;
+		if (pending == ES_SLOT_ALLOCATING)
+			return false;
+		*lowest = Min(*lowest, pending);
 	}
-	return false;
+	return true;
+}
+
+/*
+ * Rule (a): may a writer still be inserting `id`?  Conservative: a slot of
+ * the same application whose first id is <= id counts, whatever its length.
+ */
+static bool
+EsIdMayBeInFlight(EsCounter *counter, int64 id)
+{
+	uint64		lowest;
+
+	return !EsLowestPending(counter, &lowest) || lowest <= (uint64) id;
 }
 
 void
@@ -532,26 +532,12 @@ int64
 EsComputeWatermark(EsCounter *counter)
 {
 	uint64		next = pg_atomic_read_u64(&counter->next);
-	int64		watermark;
+	uint64		lowest;
 
 	pg_memory_barrier();
-	watermark = (int64) next - 1;
-	for (int i = 0; i < es_shared->nslots; i++)
-	{
-		EsSlot	   *slot = &es_shared->slots[i];
-		uint64		pending = pg_atomic_read_u64(&slot->pending);
-
-		if (pending == ES_SLOT_IDLE)
-			continue;
-		pg_read_barrier();
-		if (slot->counter != counter)
-			continue;
-		if (pending == ES_SLOT_ALLOCATING)
-			return -1;
-		if ((int64) pending - 1 < watermark)
-			watermark = (int64) pending - 1;
-	}
-	return watermark;
+	if (!EsLowestPending(counter, &lowest))
+		return -1;
+	return (int64) Min(next, lowest) - 1;
 }
 
 /* The initialized counters of a database, for the worker. */

@@ -342,42 +342,18 @@ es_max_notification_id(PG_FUNCTION_ARGS)
 	text	   *application = EsArgApplication(fcinfo, 0);
 	EsRelations rels;
 	int32		app_id;
-	Relation	events;
-	Relation	pkey;
-	IndexScanDesc scan;
 	ScanKeyData key;
-	TupleTableSlot *slot;
-	Snapshot	snapshot;
-	bool		found = false;
-	int64		id = 0;
+	Datum		id;
 
 	EsLookupRelations(&rels);
 	app_id = EsLookupApplication(&rels, application);
 	EsCheckTablePrivilege(rels.events, ACL_SELECT);
 
-	events = table_open(rels.events, AccessShareLock);
-	pkey = index_open(rels.events_pkey, AccessShareLock);
-	snapshot = RegisterSnapshot(GetActiveSnapshot());
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
-	scan = index_beginscan(events, pkey, snapshot, 1, 0);
-	index_rescan(scan, &key, 1, NULL, 0);
-	slot = table_slot_create(events, NULL);
-	if (index_getnext_slot(scan, BackwardScanDirection, slot))
-	{
-		bool		isnull;
-
-		id = DatumGetInt64(slot_getattr(slot, Anum_es_notification_id, &isnull));
-		found = true;
-	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	UnregisterSnapshot(snapshot);
-	index_close(pkey, AccessShareLock);
-	table_close(events, AccessShareLock);
-
-	if (!found)
+	if (!EsLastEventAttr(&rels, rels.events_pkey, GetActiveSnapshot(), &key, 1,
+						 Anum_es_notification_id, &id))
 		PG_RETURN_NULL();
-	PG_RETURN_INT64(id);
+	PG_RETURN_DATUM(id);
 }
 
 /* es_tracking_position(application text, upstream_application text) RETURNS bigint */

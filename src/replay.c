@@ -209,14 +209,12 @@ EsObjectDelete(EsNode *obj, const char *key, int keylen)
 	obj->n--;
 }
 
-static void
+/* Pushes a node; returns the finished value when it closes the outermost one. */
+static JsonbValue *
 EsNodePush(JsonbParseState **ps, EsNode *n, JsonbIteratorToken tok)
 {
 	if (n->kind == ES_VALUE)
-	{
-		(void) pushJsonbValue(ps, tok, &n->value);
-		return;
-	}
+		return pushJsonbValue(ps, tok, &n->value);
 	(void) pushJsonbValue(ps, n->kind == ES_OBJECT ? WJB_BEGIN_OBJECT : WJB_BEGIN_ARRAY, NULL);
 	for (int i = 0; i < n->n; i++)
 	{
@@ -228,12 +226,12 @@ EsNodePush(JsonbParseState **ps, EsNode *n, JsonbIteratorToken tok)
 			k.val.string.val = n->keys[i];
 			k.val.string.len = n->keylens[i];
 			(void) pushJsonbValue(ps, WJB_KEY, &k);
-			EsNodePush(ps, n->items[i], WJB_VALUE);
+			(void) EsNodePush(ps, n->items[i], WJB_VALUE);
 		}
 		else
-			EsNodePush(ps, n->items[i], WJB_ELEM);
+			(void) EsNodePush(ps, n->items[i], WJB_ELEM);
 	}
-	(void) pushJsonbValue(ps, n->kind == ES_OBJECT ? WJB_END_OBJECT : WJB_END_ARRAY, NULL);
+	return pushJsonbValue(ps, n->kind == ES_OBJECT ? WJB_END_OBJECT : WJB_END_ARRAY, NULL);
 }
 
 /* Serializes the document (pushJsonbValue sorts and checks object keys). */
@@ -241,28 +239,10 @@ static Jsonb *
 EsDocumentToJsonb(EsNode *root)
 {
 	JsonbParseState *ps = NULL;
-	JsonbValue *result = NULL;
 
 	if (root->kind == ES_VALUE)
 		return JsonbValueToJsonb(&root->value);
-	(void) pushJsonbValue(&ps, root->kind == ES_OBJECT ? WJB_BEGIN_OBJECT : WJB_BEGIN_ARRAY, NULL);
-	for (int i = 0; i < root->n; i++)
-	{
-		if (root->kind == ES_OBJECT)
-		{
-			JsonbValue	k;
-
-			k.type = jbvString;
-			k.val.string.val = root->keys[i];
-			k.val.string.len = root->keylens[i];
-			(void) pushJsonbValue(&ps, WJB_KEY, &k);
-			EsNodePush(&ps, root->items[i], WJB_VALUE);
-		}
-		else
-			EsNodePush(&ps, root->items[i], WJB_ELEM);
-	}
-	result = pushJsonbValue(&ps, root->kind == ES_OBJECT ? WJB_END_OBJECT : WJB_END_ARRAY, NULL);
-	return JsonbValueToJsonb(result);
+	return JsonbValueToJsonb(EsNodePush(&ps, root, WJB_VALUE));
 }
 
 /* A document for a jsonb value (kept binary until something changes). */
@@ -968,10 +948,25 @@ EsReplayEvent(EsReplay *r, const pg_uuid_t *originator_id, int64 version,
  * es_replay: the aggregate function
  * ---------------------------------------------------------------------
  */
+/* The replay state of an aggregate call, made on its first event. */
+static EsReplay *
+EsReplayStart(FunctionCallInfo fcinfo, Oid call_fold_fn)
+{
+	MemoryContext aggcxt;
+	EsRelations rels;
+	text	   *application = EsArgApplication(fcinfo, 1);
+	int32		app_id;
+
+	if (!AggCheckCallContext(fcinfo, &aggcxt))
+		elog(ERROR, "eventsourcing: es_replay called in a non-aggregate context");
+	EsLookupRelations(&rels);
+	app_id = EsLookupApplication(&rels, application);
+	return EsReplayBegin(aggcxt, &rels, app_id, text_to_cstring(application), call_fold_fn);
+}
+
 static EsReplay *
 EsReplayStep(FunctionCallInfo fcinfo, Oid call_fold_fn)
 {
-	MemoryContext aggcxt;
 	EsReplay   *r = PG_ARGISNULL(0) ? NULL : (EsReplay *) PG_GETARG_POINTER(0);
 	HeapTupleHeader ev;
 	TupleDesc	tupdesc;
@@ -979,20 +974,10 @@ EsReplayStep(FunctionCallInfo fcinfo, Oid call_fold_fn)
 	Datum		values[6];
 	bool		nulls[6];
 
-	if (!AggCheckCallContext(fcinfo, &aggcxt))
-		elog(ERROR, "eventsourcing: es_replay_step called in a non-aggregate context");
 	if (PG_ARGISNULL(2))
 		return r;				/* no event (e.g. an outer join): nothing to fold */
 	if (r == NULL)
-	{
-		EsRelations rels;
-		text	   *application = EsArgApplication(fcinfo, 1);
-		int32		app_id;
-
-		EsLookupRelations(&rels);
-		app_id = EsLookupApplication(&rels, application);
-		r = EsReplayBegin(aggcxt, &rels, app_id, text_to_cstring(application), call_fold_fn);
-	}
+		r = EsReplayStart(fcinfo, call_fold_fn);
 
 	ev = PG_GETARG_HEAPTUPLEHEADER(2);
 	if (r->event_desc == NULL || r->event_type != HeapTupleHeaderGetTypeId(ev))
@@ -1052,26 +1037,15 @@ Datum
 es_replay_fields_step(PG_FUNCTION_ARGS)
 {
 	static const char *const names[] = {"originator_id", "originator_version", "topic", "state"};
-	MemoryContext aggcxt;
 	EsReplay   *r = PG_ARGISNULL(0) ? NULL : (EsReplay *) PG_GETARG_POINTER(0);
 
-	if (!AggCheckCallContext(fcinfo, &aggcxt))
-		elog(ERROR, "eventsourcing: es_replay_fields_step called in a non-aggregate context");
 	for (int i = 0; i < 4; i++)
 		if (PG_ARGISNULL(i + 2))
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("%s must not be NULL", names[i])));
 	if (r == NULL)
-	{
-		EsRelations rels;
-		text	   *application = EsArgApplication(fcinfo, 1);
-		int32		app_id;
-
-		EsLookupRelations(&rels);
-		app_id = EsLookupApplication(&rels, application);
-		r = EsReplayBegin(aggcxt, &rels, app_id, text_to_cstring(application), InvalidOid);
-	}
+		r = EsReplayStart(fcinfo, InvalidOid);
 	EsReplayEvent(r, PG_GETARG_UUID_P(2), PG_GETARG_INT64(3),
 				  PG_GETARG_TEXT_PP(4), PG_GETARG_BYTEA_PP(5));
 	PG_RETURN_POINTER(r);

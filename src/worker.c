@@ -208,7 +208,7 @@ EsSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
  * worker runs, and arranges the wake-up at the end of the transaction.
  */
 void
-EsWakeWorker(void)
+EsNoteAppend(void)
 {
 	EsDatabase *db = EsMyDatabase();
 
@@ -535,7 +535,7 @@ es_worker_main(Datum main_arg)
 		{
 			/*
 			 * Withdraw first, then publish once more: a writer that still saw
-			 * us (see EsWakeWorker) has its ids counted by this last round,
+			 * us (see EsNoteAppend) has its ids counted by this last round,
 			 * and one that did not starts a new worker.
 			 */
 			EsWorkerExit(0, (Datum) 0);

@@ -25,39 +25,33 @@ count_regress() {
     if [ "$bad" -gt 0 ]; then FAILURES+=("$what"); fi
 }
 
-# --- pg_regress: sql/*.sql against expected/*.out ---------------------------
-log "pg_regress"
 # pg_regress --use-existing neither drops nor creates its database.
 fresh_db() { "$PG_BIN/dropdb" --if-exists "$1" && "$PG_BIN/createdb" "$1"; }
-fresh_db es_regress
-REGRESS_TESTS=$(cd "$ROOT/sql" && ls *.sql | grep -v '^eventsourcing--' | sed 's/\.sql$//' | sort)
-set +e
-"$PGXS_DIR/src/test/regress/pg_regress" --use-existing --bindir="$PG_BIN" \
-    --inputdir="$ROOT" --outputdir="$OUT/regress" --dbname=es_regress \
-    $REGRESS_TESTS 2>&1 | tee "$OUT/regress.log"
-rc=${PIPESTATUS[0]}
-set -e
-count_regress "$OUT/regress.log" pg_regress
-if [ "$rc" -ne 0 ]; then
-    [ -f "$OUT/regress/regression.diffs" ] && head -200 "$OUT/regress/regression.diffs"
-    grep -qE 'FAILED' "$OUT/regress.log" || { FAILED=$((FAILED + 1)); FAILURES+=(pg_regress); }
-fi
 
-# --- pg_isolation_regress: test/isolation/specs/*.spec ------------------------
-log "pg_isolation_regress"
-fresh_db es_isolation
-ISO_TESTS=$(cd "$ROOT/test/isolation/specs" && ls *.spec | sed 's/\.spec$//' | sort)
-set +e
-"$PGXS_DIR/src/test/isolation/pg_isolation_regress" --use-existing --bindir="$PG_BIN" \
-    --inputdir="$ROOT/test/isolation" --outputdir="$OUT/isolation" --dbname=es_isolation \
-    $ISO_TESTS 2>&1 | tee "$OUT/isolation.log"
-rc=${PIPESTATUS[0]}
-set -e
-count_regress "$OUT/isolation.log" isolation
-if [ "$rc" -ne 0 ]; then
-    [ -f "$OUT/isolation/regression.diffs" ] && head -200 "$OUT/isolation/regression.diffs"
-    grep -qE 'FAILED' "$OUT/isolation.log" || { FAILED=$((FAILED + 1)); FAILURES+=(isolation); }
-fi
+# run_regress NAME PROGRAM INPUTDIR DB TESTS...: pg_regress or
+# pg_isolation_regress against the test cluster, counted and diffs shown.
+run_regress() {
+    local name=$1 program=$2 inputdir=$3 db=$4 rc
+    shift 4
+    log "$name"
+    fresh_db "$db"
+    set +e
+    "$program" --use-existing --bindir="$PG_BIN" --inputdir="$inputdir" \
+        --outputdir="$OUT/$name" --dbname="$db" "$@" 2>&1 | tee "$OUT/$name.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    count_regress "$OUT/$name.log" "$name"
+    if [ "$rc" -ne 0 ]; then
+        [ -f "$OUT/$name/regression.diffs" ] && head -200 "$OUT/$name/regression.diffs"
+        grep -qE 'FAILED' "$OUT/$name.log" || { FAILED=$((FAILED + 1)); FAILURES+=("$name"); }
+    fi
+}
+
+# sql/*.sql against expected/*.out; test/isolation/specs/*.spec
+run_regress pg_regress "$PGXS_DIR/src/test/regress/pg_regress" "$ROOT" es_regress \
+    $(cd "$ROOT/sql" && ls *.sql | grep -v '^eventsourcing--' | sed 's/\.sql$//' | sort)
+run_regress isolation "$PGXS_DIR/src/test/isolation/pg_isolation_regress" "$ROOT/test/isolation" es_isolation \
+    $(cd "$ROOT/test/isolation/specs" && ls *.spec | sed 's/\.spec$//' | sort)
 
 # --- client tests: a real driver (Debian's python3-psycopg) ------------------
 for t in "$ROOT"/test/client/test_*.py; do
