@@ -168,5 +168,13 @@ SET LOCAL eventsourcing.allow_rewrite = on;
 DELETE FROM es_seals WHERE seal_id = 1 AND application_id = (SELECT id FROM es_applications WHERE name = 'ledger');
 SELECT kind, originator_id, originator_version, notification_id, seal_id, problem FROM es_verify_log('ledger');
 ROLLBACK;
+-- 9. a stored hash that is not a hash: the next append refuses to chain to it
+BEGIN;
+SET LOCAL eventsourcing.allow_rewrite = on;
+UPDATE es_stored_events SET event_hash = '\x00'
+WHERE originator_id = 'aaaaaaaa-0000-4000-8000-000000000000' AND originator_version = 5;
+SELECT es_append('ledger', 'aaaaaaaa-0000-4000-8000-000000000000', 6, 'Deposited', '');
+ROLLBACK;
+\echo :LAST_ERROR_SQLSTATE
 -- after all the rollbacks, everything verifies again
 SELECT count(*) AS problems FROM es_verify_log('ledger');

@@ -63,13 +63,6 @@ _PG_init(void)
 							 false,
 							 PGC_SUSET, 0,
 							 NULL, NULL, NULL);
-	DefineCustomIntVariable("eventsourcing.max_applications",
-							"Maximum number of applications (per cluster) that can be appended to since server start.",
-							"Each application that is appended to uses one id counter in shared memory.",
-							&es_max_applications,
-							1024, 16, 1000000,
-							PGC_POSTMASTER, 0,
-							NULL, NULL, NULL);
 	DefineCustomIntVariable("eventsourcing.worker_naptime",
 							"How often, at most, the eventsourcing worker looks for new events when not woken.",
 							NULL,
@@ -98,10 +91,20 @@ _PG_init(void)
 							5, 0, 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
-	MarkGUCPrefixReserved("eventsourcing");
-
 	if (!process_shared_preload_libraries_in_progress)
+	{
+		/* A PGC_POSTMASTER setting cannot be made after startup. */
+		MarkGUCPrefixReserved("eventsourcing");
 		return;
+	}
+	DefineCustomIntVariable("eventsourcing.max_applications",
+							"Maximum number of applications (per cluster) that can be appended to since server start.",
+							"Each application that is appended to uses one id counter in shared memory.",
+							&es_max_applications,
+							1024, 16, 1000000,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	MarkGUCPrefixReserved("eventsourcing");
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = EsShmemRequest;

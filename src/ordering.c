@@ -308,7 +308,11 @@ EsGetCounter(const EsRelations *rels, int32 app_id)
 	highest = Max(highest, EsReadWatermark(rels, app_id));
 
 	LWLockAcquire(es_shared->lock, LW_EXCLUSIVE);
-	counter = hash_search(es_counters, &key, HASH_ENTER_NULL, &found);
+	counter = hash_search(es_counters, &key, HASH_FIND, NULL);
+	found = counter != NULL;
+	/* The shared hash table could grow past its size: the setting is the limit. */
+	if (!found && hash_get_num_entries(es_counters) < es_max_applications)
+		counter = hash_search(es_counters, &key, HASH_ENTER_NULL, &found);
 	if (counter == NULL)
 	{
 		LWLockRelease(es_shared->lock);
