@@ -1,6 +1,7 @@
 # What the extension says when it cannot append: without
 # shared_preload_libraries (reads still work), past
-# eventsourcing.max_applications, and on a hot standby.
+# eventsourcing.max_applications, and on a hot standby; and that its worker
+# does not keep DROP DATABASE from working.
 use strict;
 use warnings;
 use EsStress;
@@ -59,4 +60,17 @@ is($standby->safe_psql('postgres', "SELECT count(*) FROM es_select('app1', 1, 10
 	"\\set VERBOSITY verbose\nSELECT es_append('app1', gen_random_uuid(), 1, 'T', '')");
 like($err, qr/25006: cannot execute es_append\(\) in a read-only transaction/,
 	'es_append on a standby: SQLSTATE 25006');
+# 4. The database's background worker does not keep DROP DATABASE from working:
+# it leaves after two idle seconds (DROP DATABASE waits up to five).
+my $dnode = es_node('dropdb');
+$dnode->start;
+$dnode->safe_psql('postgres', 'CREATE DATABASE dropme');
+$dnode->safe_psql('dropme',
+	"CREATE EXTENSION $ES_EXT; SELECT es_create_application('x'); SELECT es_append('x', gen_random_uuid(), 1, 'T', '')");
+ok($dnode->poll_query_until('postgres',
+		"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'eventsourcing worker' AND datname = 'dropme'"),
+	'an append starts the database\'s worker');
+($ret, $out, $err) = $dnode->psql('postgres', 'DROP DATABASE dropme');
+is($ret, 0, 'DROP DATABASE works all the same') or diag($err);
+
 done_testing();
