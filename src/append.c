@@ -3,6 +3,8 @@
  *		The append path: es_append in all its forms.
  *
  * One call records all its events or none:
+ *	0. open the application through the entry skeleton (access.c): the
+ *	   caller needs the append privilege (and track, to record a position);
  *	1. check every argument (nothing is written on a bad one);
  *	2. lock each aggregate of the call, in uuid order, with a transaction-level
  *	   advisory lock (only writers of the same aggregate wait for each other);
@@ -38,7 +40,10 @@
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
 
-#include "eventsourcing.h"
+#include "access.h"
+#include "integrity.h"
+#include "ordering.h"
+#include "wakeup.h"
 
 /* Distinguishes our aggregate locks from user advisory locks (which use 1, 2). */
 #define ES_AGGREGATE_LOCK_CLASS 0x4553
@@ -50,23 +55,18 @@ typedef struct EsEventIn
 	Datum		topic;
 	Datum		state;
 	int			index;			/* position in the call, 0-based */
+	int			subscript;		/* the array subscript the caller wrote */
 	uint8		hash[ES_HASH_LEN];	/* chained to the aggregate's previous event */
 } EsEventIn;
 
-static char *
-EsUuidOut(const pg_uuid_t *uuid)
-{
-	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(uuid)));
-}
-
 /* The name of one field of the input, for error messages. */
 static char *
-EsFieldName(const char *argname, bool is_array, int index, const char *field)
+EsFieldName(const char *argname, bool is_array, int subscript, const char *field)
 {
 	if (argname == NULL)
 		return pstrdup(field);
 	if (is_array)
-		return psprintf("%s[%d].%s", argname, index + 1, field);
+		return psprintf("%s[%d].%s", argname, subscript, field);
 	return psprintf("%s.%s", argname, field);
 }
 
@@ -91,7 +91,7 @@ EsDeformEvent(HeapTupleHeader th, Datum *values, bool *nulls)
 /* Checks the four fields of one event and keeps them in *ev. */
 static void
 EsCheckEvent(Datum *values, bool *nulls, const char *argname, bool is_array,
-			 int index, EsEventIn *ev)
+			 int index, int subscript, EsEventIn *ev)
 {
 	static const char *const fields[] = {"originator_id", "originator_version", "topic", "state"};
 	Size		topic_len;
@@ -100,28 +100,29 @@ EsCheckEvent(Datum *values, bool *nulls, const char *argname, bool is_array,
 		if (nulls[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("%s must not be NULL", EsFieldName(argname, is_array, index, fields[i]))));
+					 errmsg("%s must not be NULL", EsFieldName(argname, is_array, subscript, fields[i]))));
 
 	memcpy(&ev->originator_id, DatumGetUUIDP(values[0]), sizeof(pg_uuid_t));
 	ev->version = DatumGetInt64(values[1]);
 	ev->topic = PointerGetDatum(PG_DETOAST_DATUM_PACKED(values[2]));
 	ev->state = PointerGetDatum(PG_DETOAST_DATUM(values[3]));
 	ev->index = index;
+	ev->subscript = subscript;
 
 	if (ev->version < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be negative", EsFieldName(argname, is_array, index, "originator_version")),
+				 errmsg("%s must not be negative", EsFieldName(argname, is_array, subscript, "originator_version")),
 				 errdetail("The given version is " INT64_FORMAT ".", ev->version)));
 	topic_len = VARSIZE_ANY_EXHDR(DatumGetPointer(ev->topic));
 	if (topic_len == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", EsFieldName(argname, is_array, index, "topic"))));
+				 errmsg("%s must not be empty", EsFieldName(argname, is_array, subscript, "topic"))));
 	if (topic_len > ES_MAX_TOPIC_BYTES)
 		ereport(ERROR,
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("%s is too long", EsFieldName(argname, is_array, index, "topic")),
+				 errmsg("%s is too long", EsFieldName(argname, is_array, subscript, "topic")),
 				 errdetail("The topic has %zu bytes; the limit is %d.", topic_len, ES_MAX_TOPIC_BYTES)));
 }
 
@@ -147,6 +148,10 @@ EsParseEventArray(FunctionCallInfo fcinfo, int argno, int *nevents)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 				 errmsg("events must be a one-dimensional array")));
+	if (ARR_NDIM(arr) == 1 && ARR_DIMS(arr)[0] > MaxAllocSize / sizeof(EsEventIn))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("events has too many elements")));
 	get_typlenbyvalalign(ARR_ELEMTYPE(arr), &typlen, &typbyval, &typalign);
 	deconstruct_array(arr, ARR_ELEMTYPE(arr), typlen, typbyval, typalign,
 					  &elems, &elem_nulls, &n);
@@ -155,13 +160,15 @@ EsParseEventArray(FunctionCallInfo fcinfo, int argno, int *nevents)
 	{
 		Datum		values[4];
 		bool		nulls[4];
+		int			subscript = ARR_LBOUND(arr)[0] + i;
 
+		CHECK_FOR_INTERRUPTS();
 		if (elem_nulls[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("events[%d] must not be NULL", i + 1)));
+					 errmsg("events[%d] must not be NULL", subscript)));
 		EsDeformEvent(DatumGetHeapTupleHeader(elems[i]), values, nulls);
-		EsCheckEvent(values, nulls, "events", true, i, &events[i]);
+		EsCheckEvent(values, nulls, "events", true, i, subscript, &events[i]);
 	}
 	*nevents = n;
 	return events;
@@ -274,6 +281,7 @@ EsCheckVersions(const EsRelations *rels, Relation events, text *application,
 		EsEventIn  *prev = sorted[i - 1];
 		EsEventIn  *cur = sorted[i];
 
+		CHECK_FOR_INTERRUPTS();
 		if (memcmp(prev->originator_id.data, cur->originator_id.data, UUID_LEN) != 0)
 			continue;
 		if (cur->version == prev->version)
@@ -282,14 +290,15 @@ EsCheckVersions(const EsRelations *rels, Relation events, text *application,
 					 errmsg("version " INT64_FORMAT " of aggregate %s appears twice in the events for application \"%s\"",
 							cur->version, EsUuidOut(&cur->originator_id), appname),
 					 errdetail("events[%d] and events[%d] have the same originator_id and originator_version.",
-							   prev->index + 1, cur->index + 1)));
-		if (cur->version != prev->version + 1)
+							   prev->subscript, cur->subscript)));
+		/* versions are >= 0, so cur->version - 1 cannot overflow */
+		if (cur->version - 1 != prev->version)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("versions of aggregate %s in the events for application \"%s\" are not consecutive",
 							EsUuidOut(&cur->originator_id), appname),
 					 errdetail("events[%d] has version " INT64_FORMAT " after events[%d] with version " INT64_FORMAT ".",
-							   cur->index + 1, cur->version, prev->index + 1, prev->version),
+							   cur->subscript, cur->version, prev->subscript, prev->version),
 					 errhint("The events of one aggregate must be given in version order, each one above the last.")));
 	}
 
@@ -301,6 +310,7 @@ EsCheckVersions(const EsRelations *rels, Relation events, text *application,
 		int64		current;
 		uint8		head[ES_HASH_LEN];
 
+		CHECK_FOR_INTERRUPTS();
 		while (end < n && memcmp(sorted[end]->originator_id.data, first->originator_id.data, UUID_LEN) == 0)
 			end++;
 
@@ -321,7 +331,7 @@ EsCheckVersions(const EsRelations *rels, Relation events, text *application,
 							first->version, EsUuidOut(&first->originator_id), appname),
 					 errdetail("The aggregate's current version is " INT64_FORMAT ".", current),
 					 errhint("Another writer recorded it first: reload the aggregate and retry the command.")));
-		else if (first->version > current + 1)
+		else if (first->version - 1 > current)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("version " INT64_FORMAT " of aggregate %s in application \"%s\" skips ahead of its current version " INT64_FORMAT,
@@ -350,6 +360,7 @@ EsRecordTracking(const EsRelations *rels, int32 app_id, const char *appname,
 	Oid			argtypes[3] = {INT4OID, TEXTOID, INT8OID};
 	Datum		values[3];
 	int			rc;
+	EsSpi		spi;
 
 	values[0] = Int32GetDatum(app_id);
 	values[1] = PointerGetDatum(upstream);
@@ -360,9 +371,9 @@ EsRecordTracking(const EsRelations *rels, int32 app_id, const char *appname,
 					 "INSERT INTO %s AS t (application_id, upstream_application, notification_id) "
 					 "VALUES ($1, $2, $3) ON CONFLICT (application_id, upstream_application) "
 					 "DO UPDATE SET notification_id = excluded.notification_id "
-					 "WHERE t.notification_id < excluded.notification_id",
+					 "WHERE t.notification_id OPERATOR(pg_catalog.<) excluded.notification_id",
 					 EsQualifiedName(rels, "es_tracking"));
-	SPI_connect();
+	EsSpiBegin(&spi, rels);
 	rc = SPI_execute_with_args(sql.data, 3, argtypes, values, NULL, false, 0);
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "eventsourcing: could not record the tracking position (SPI code %d)", rc);
@@ -370,7 +381,6 @@ EsRecordTracking(const EsRelations *rels, int32 app_id, const char *appname,
 	{
 		char	   *upname = text_to_cstring(upstream);
 
-		SPI_finish();
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
 				 errmsg("application \"%s\" has already recorded upstream notification " INT64_FORMAT " of \"%s\"",
@@ -378,7 +388,7 @@ EsRecordTracking(const EsRelations *rels, int32 app_id, const char *appname,
 				 errdetail("A new tracking position must be above the one recorded."),
 				 errhint("Another follower processed it first, or it is being processed twice.")));
 	}
-	SPI_finish();
+	EsSpiEnd(&spi);
 }
 
 /* Step 5. */
@@ -411,6 +421,7 @@ EsInsertEvents(const EsRelations *rels, Relation events, int32 app_id,
 	{
 		for (int i = 0; i < n; i++)
 		{
+			CHECK_FOR_INTERRUPTS();
 			ExecClearTuple(slot);
 			memset(slot->tts_isnull, 0, sizeof(bool) * Natts_es_stored_events);
 			ids[i] = first + i;
@@ -445,20 +456,21 @@ EsInsertEvents(const EsRelations *rels, Relation events, int32 app_id,
 static int64 *
 EsAppend(text *application, EsEventIn *in, int n, text *upstream, int64 upstream_position)
 {
-	EsRelations rels;
-	int32		app_id;
-	char	   *appname = text_to_cstring(application);
+	EsApp		app;
 	Relation	events;
 	int64	   *ids = palloc(sizeof(int64) * Max(n, 1));
+	uint32		required = 0;
 
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	EsCheckTablePrivilege(rels.events, ACL_INSERT);
+	if (n > 0 || upstream == NULL)
+		required |= ES_PRIV_APPEND;
+	if (upstream != NULL)
+		required |= ES_PRIV_TRACK;
+	EsOpenAppByName(&app, application, required);
 
 	/* Do not start writing in a read-only transaction or on a standby. */
 	PreventCommandIfReadOnly("es_append()");
 
-	events = table_open(rels.events, RowExclusiveLock);
+	events = table_open(app.rels.events, RowExclusiveLock);
 	if (n > 0)
 	{
 		EsEventIn **sorted = palloc(sizeof(EsEventIn *) * n);
@@ -466,12 +478,12 @@ EsAppend(text *application, EsEventIn *in, int n, text *upstream, int64 upstream
 		for (int i = 0; i < n; i++)
 			sorted[i] = &in[i];
 		qsort(sorted, n, sizeof(EsEventIn *), EsCompareByAggregate);
-		EsCheckVersions(&rels, events, application, appname, app_id, sorted, n);
+		EsCheckVersions(&app.rels, events, application, app.cname, app.id, sorted, n);
 	}
 	if (upstream != NULL)
-		EsRecordTracking(&rels, app_id, appname, upstream, upstream_position);
+		EsRecordTracking(&app.rels, app.id, app.cname, upstream, upstream_position);
 	if (n > 0)
-		EsInsertEvents(&rels, events, app_id, in, n, ids);
+		EsInsertEvents(&app.rels, events, app.id, in, n, ids);
 	table_close(events, NoLock);
 	return ids;
 }
@@ -574,7 +586,7 @@ es_append_one(PG_FUNCTION_ARGS)
 		bool		nulls[4];
 
 		EsDeformEvent(PG_GETARG_HEAPTUPLEHEADER(1), values, nulls);
-		EsCheckEvent(values, nulls, "event", false, 0, &ev);
+		EsCheckEvent(values, nulls, "event", false, 0, 0, &ev);
 	}
 	PG_RETURN_INT64(EsAppend(application, &ev, 1, NULL, 0)[0]);
 }
@@ -597,6 +609,6 @@ es_append_fields(PG_FUNCTION_ARGS)
 		nulls[i] = PG_ARGISNULL(i + 1);
 		values[i] = nulls[i] ? (Datum) 0 : PG_GETARG_DATUM(i + 1);
 	}
-	EsCheckEvent(values, nulls, NULL, false, 0, &ev);
+	EsCheckEvent(values, nulls, NULL, false, 0, 0, &ev);
 	PG_RETURN_INT64(EsAppend(application, &ev, 1, NULL, 0)[0]);
 }

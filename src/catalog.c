@@ -1,45 +1,49 @@
 /*
  * catalog.c
- *		The extension's tables, application look-up, and argument checks.
+ *		The extension's tables, application look-up, argument checks, and SPI
+ *		as the extension's owner.
  *
- * The tables live in the extension's schema.  Their OIDs, and the ids of
- * applications, are cached per backend; a relcache invalidation of any of
- * our tables (DROP EXTENSION drops them) or a full reset empties the caches.
- * Applications are never renamed or deleted through the extension's API, and
- * an id is cached only once the row is committed.  Reads and writes go straight to the heap and indexes, which
- * bypasses the executor's permission checks, so every SQL entry point checks
- * the caller's privilege on es_stored_events itself: table privileges are the
- * extension's privilege model.
+ * The tables live in the extension's schema.  Their OIDs, the extension's
+ * owner and the ids of applications are cached per backend; a relcache
+ * invalidation of any of our tables (DROP EXTENSION drops them, ALTER
+ * EXTENSION UPDATE alters them) or a full reset empties the caches.
+ * Applications are never renamed or deleted through the API, and an id is
+ * cached only once its row is committed.
+ *
+ * Ordinary roles hold no privilege on the tables: the functions are the only
+ * way in.  Heap and index access bypasses table privileges; the few SQL
+ * statements run through EsSpiBegin, as the owner, with a pinned search_path
+ * and qualified names and operators, so nothing a caller or a database owner
+ * puts on a search_path is ever called.  Who may do what is decided by
+ * access.c before any of this runs.
  */
 #include "postgres.h"
 
 #include "access/genam.h"
-#include "access/relscan.h"
-#include "access/tableam.h"
-#include "executor/tuptable.h"
-#include "utils/datum.h"
-#include "access/xact.h"
 #include "access/htup_details.h"
 #include "access/table.h"
-#include "catalog/namespace.h"
+#include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/indexing.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_extension.h"
-#include "catalog/pg_namespace.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
-#include "fmgr.h"
+#include "executor/tuptable.h"
 #include "miscadmin.h"
-#include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
-#include "utils/memutils.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 
-#include "eventsourcing.h"
+#include "catalog.h"
 
 static Oid
 EsRelid(Oid nsp, const char *relname)
@@ -47,40 +51,50 @@ EsRelid(Oid nsp, const char *relname)
 	Oid			relid = get_relname_relid(relname, nsp);
 
 	if (!OidIsValid(relid))
-		elog(ERROR, "eventsourcing: relation \"%s\" is missing from the extension's schema",
-			 relname);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"%s\" is missing from the eventsourcing extension's schema", relname),
+				 errhint("Reinstall the extension, or run ALTER EXTENSION eventsourcing UPDATE.")));
 	return relid;
 }
 
-/* The schema of an extension (PostgreSQL 15 does not export this). */
-static Oid
-EsExtensionSchema(Oid ext)
+typedef struct EsExtensionRow
+{
+	bool		found;
+	Oid			namespace;
+	Oid			owner;
+	char	   *version;
+} EsExtensionRow;
+
+/* The extension's schema, owner and version (PostgreSQL 15 exports none). */
+static EsExtensionRow
+EsReadExtension(void)
 {
 	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	tuple;
-	Oid			nsp = InvalidOid;
+	EsExtensionRow row = {false, InvalidOid, InvalidOid, NULL};
 
-	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(ext));
-	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("eventsourcing"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
 	tuple = systable_getnext(scan);
 	if (HeapTupleIsValid(tuple))
-		nsp = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	{
+		Form_pg_extension ext = (Form_pg_extension) GETSTRUCT(tuple);
+		bool		isnull;
+		Datum		v = heap_getattr(tuple, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		row.found = true;
+		row.namespace = ext->extnamespace;
+		row.owner = ext->extowner;
+		row.version = isnull ? pstrdup("?") : TextDatumGetCString(v);
+	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
-	return nsp;
-}
-
-/* For the worker: false when the extension is not installed here. */
-bool
-EsLookupRelationsIfInstalled(EsRelations *rels)
-{
-	if (!OidIsValid(get_extension_oid("eventsourcing", true)))
-		return false;
-	EsLookupRelations(rels);
-	return true;
+	return row;
 }
 
 typedef struct EsAppCacheEntry
@@ -112,29 +126,48 @@ EsInvalidateCaches(Datum arg, Oid relid)
 	}
 }
 
-void
-EsLookupRelations(EsRelations *rels)
+/*
+ * Fills *rels.  With missing_ok, returns false when the extension is not
+ * installed here or is at another version than this library (the worker
+ * then does nothing); otherwise those are errors.
+ */
+static bool
+EsLookupRelationsExtended(EsRelations *rels, bool missing_ok)
 {
-	Oid			ext;
+	EsExtensionRow ext;
 
 	if (rels_valid)
 	{
 		*rels = rels_cache;
-		return;
+		return true;
 	}
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(EsInvalidateCaches, (Datum) 0);
 		callback_registered = true;
 	}
-	ext = get_extension_oid("eventsourcing", true);
-
-	if (!OidIsValid(ext))
+	ext = EsReadExtension();
+	if (!ext.found)
+	{
+		if (missing_ok)
+			return false;
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"eventsourcing\" is not installed in this database"),
 				 errhint("Run CREATE EXTENSION eventsourcing.")));
-	rels->namespace = EsExtensionSchema(ext);
+	}
+	if (strcmp(ext.version, ES_VERSION) != 0)
+	{
+		if (missing_ok)
+			return false;
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"eventsourcing\" is installed at version %s, but its library is version %s",
+						ext.version, ES_VERSION),
+				 errhint("Run ALTER EXTENSION eventsourcing UPDATE.")));
+	}
+	rels->namespace = ext.namespace;
+	rels->owner = ext.owner;
 	rels->applications = EsRelid(rels->namespace, "es_applications");
 	rels->applications_name_idx = EsRelid(rels->namespace, "es_applications_name_key");
 	rels->applications_pkey = EsRelid(rels->namespace, "es_applications_pkey");
@@ -144,23 +177,30 @@ EsLookupRelations(EsRelations *rels)
 	rels->tracking = EsRelid(rels->namespace, "es_tracking");
 	rels->watermarks = EsRelid(rels->namespace, "es_watermarks");
 	rels->watermarks_pkey = EsRelid(rels->namespace, "es_watermarks_pkey");
+	rels->grants = EsRelid(rels->namespace, "es_grants");
+	rels->grants_pkey = EsRelid(rels->namespace, "es_grants_pkey");
 	rels_cache = *rels;
 	rels_valid = true;
+	return true;
+}
+
+void
+EsLookupRelations(EsRelations *rels)
+{
+	(void) EsLookupRelationsExtended(rels, false);
+}
+
+/* For the worker: false when the extension is not installed here (at our version). */
+bool
+EsLookupRelationsIfInstalled(EsRelations *rels)
+{
+	return EsLookupRelationsExtended(rels, true);
 }
 
 char *
 EsQualifiedName(const EsRelations *rels, const char *relname)
 {
 	return quote_qualified_identifier(get_namespace_name(rels->namespace), relname);
-}
-
-void
-EsCheckTablePrivilege(Oid relid, AclMode mode)
-{
-	AclResult	result = pg_class_aclcheck(relid, GetUserId(), mode);
-
-	if (result != ACLCHECK_OK)
-		aclcheck_error(result, OBJECT_TABLE, get_rel_name(relid));
 }
 
 /* The application argument: never NULL (callers are not STRICT). */
@@ -185,47 +225,69 @@ EsArgUuid(FunctionCallInfo fcinfo, int argno, const char *name)
 	return PG_GETARG_UUID_P(argno);
 }
 
+int64
+EsArgInt64(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", name)));
+	return PG_GETARG_INT64(argno);
+}
+
+int32
+EsArgInt32(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", name)));
+	return PG_GETARG_INT32(argno);
+}
+
+char *
+EsUuidOut(const pg_uuid_t *uuid)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(uuid)));
+}
+
 /*
- * The id of an application, or an error naming es_create_application.
+ * The id of an application, or 0 when there is none of that name.
  *
  * Uses the latest snapshot so that an application created by a transaction
  * that committed after ours started (or earlier in ours) is found.
  */
 int32
-EsLookupApplication(const EsRelations *rels, text *name)
+EsLookupApplicationId(const EsRelations *rels, text *name)
 {
 	Relation	rel;
 	SysScanDesc scan;
 	ScanKeyData key;
 	HeapTuple	tuple;
 	int32		app_id = 0;
-	bool		found = false;
-	bool		cacheable = false;
+	bool		cacheable = true;
 	Snapshot	snapshot;
 	Size		len = VARSIZE_ANY_EXHDR(name);
 	char		keybuf[ES_MAX_APPLICATION_BYTES + 1];
+	EsAppCacheEntry *entry;
 
-	if (len <= ES_MAX_APPLICATION_BYTES)
+	if (len == 0 || len > ES_MAX_APPLICATION_BYTES)
+		return 0;
+	memset(keybuf, 0, sizeof(keybuf));
+	memcpy(keybuf, VARDATA_ANY(name), len);
+	if (app_cache == NULL)
 	{
-		EsAppCacheEntry *entry;
+		HASHCTL		info;
 
-		memset(keybuf, 0, sizeof(keybuf));
-		memcpy(keybuf, VARDATA_ANY(name), len);
-		if (app_cache == NULL)
-		{
-			HASHCTL		info;
-
-			info.keysize = sizeof(keybuf);
-			info.entrysize = sizeof(EsAppCacheEntry);
-			info.hcxt = CacheMemoryContext;
-			app_cache = hash_create("eventsourcing applications", 16, &info,
-									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		}
-		entry = hash_search(app_cache, keybuf, HASH_FIND, NULL);
-		if (entry != NULL)
-			return entry->app_id;
-		cacheable = true;
+		info.keysize = sizeof(keybuf);
+		info.entrysize = sizeof(EsAppCacheEntry);
+		info.hcxt = CacheMemoryContext;
+		app_cache = hash_create("eventsourcing applications", 16, &info,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
+	entry = hash_search(app_cache, keybuf, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry->app_id;
 
 	rel = table_open(rels->applications, AccessShareLock);
 	ScanKeyInit(&key, 2, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(name));
@@ -236,9 +298,10 @@ EsLookupApplication(const EsRelations *rels, text *name)
 	if (HeapTupleIsValid(tuple))
 	{
 		bool		isnull;
+		Datum		d = heap_getattr(tuple, 1, RelationGetDescr(rel), &isnull);
 
-		app_id = DatumGetInt32(heap_getattr(tuple, 1, RelationGetDescr(rel), &isnull));
-		found = !isnull;
+		if (!isnull)
+			app_id = DatumGetInt32(d);
 		/* Our own uncommitted row may still roll back: do not cache it. */
 		if (TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tuple->t_data)))
 			cacheable = false;
@@ -247,65 +310,12 @@ EsLookupApplication(const EsRelations *rels, text *name)
 	UnregisterSnapshot(snapshot);
 	table_close(rel, AccessShareLock);
 
-	if (found && cacheable && app_cache != NULL)
+	if (app_id > 0 && cacheable && app_cache != NULL)
 	{
-		EsAppCacheEntry *entry = hash_search(app_cache, keybuf, HASH_ENTER, NULL);
-
+		entry = hash_search(app_cache, keybuf, HASH_ENTER, NULL);
 		entry->app_id = app_id;
 	}
-	if (!found)
-	{
-		char	   *cname = text_to_cstring(name);
-
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("application \"%s\" does not exist", cname),
-				 errhint("Create it with es_create_application(%s).",
-						 quote_literal_cstr(cname))));
-	}
 	return app_id;
-}
-
-/*
- * es_create_application(name text) RETURNS void
- *
- * Creating an application that exists is harmless.  Runs with the caller's
- * privileges (INSERT on es_applications).
- */
-PG_FUNCTION_INFO_V1(es_create_application);
-Datum
-es_create_application(PG_FUNCTION_ARGS)
-{
-	EsRelations rels;
-	text	   *name = EsArgApplication(fcinfo, 0);
-	Size		len = VARSIZE_ANY_EXHDR(name);
-	StringInfoData sql;
-	Oid			argtypes[1] = {TEXTOID};
-	Datum		values[1];
-
-	if (len == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("application must not be empty")));
-	if (len > ES_MAX_APPLICATION_BYTES)
-		ereport(ERROR,
-				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("application name is too long"),
-				 errdetail("The name has %zu bytes; the limit is %d.",
-						   len, ES_MAX_APPLICATION_BYTES)));
-
-	EsLookupRelations(&rels);
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "INSERT INTO %s (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-					 EsQualifiedName(&rels, "es_applications"));
-	values[0] = PointerGetDatum(name);
-
-	SPI_connect();
-	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "eventsourcing: could not insert into es_applications");
-	SPI_finish();
-	PG_RETURN_VOID();
 }
 
 /* The name of an application by id, or NULL (latest snapshot). */
@@ -365,4 +375,33 @@ EsLastEventAttr(const EsRelations *rels, Oid index, Snapshot snapshot,
 	index_close(idx, AccessShareLock);
 	table_close(events, AccessShareLock);
 	return found;
+}
+
+/* search_path = pg_catalog, pg_temp until the current GUC nest level ends. */
+void
+EsPinSearchPath(void)
+{
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+}
+
+void
+EsSpiBegin(EsSpi *spi, const EsRelations *rels)
+{
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "eventsourcing: SPI_connect failed");
+	GetUserIdAndSecContext(&spi->save_userid, &spi->save_sec_context);
+	SetUserIdAndSecContext(rels->owner,
+						   spi->save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	spi->guc_level = NewGUCNestLevel();
+	EsPinSearchPath();
+}
+
+void
+EsSpiEnd(EsSpi *spi)
+{
+	AtEOXact_GUC(true, spi->guc_level);
+	SetUserIdAndSecContext(spi->save_userid, spi->save_sec_context);
+	SPI_finish();
 }

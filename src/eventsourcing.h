@@ -1,25 +1,33 @@
 /*
  * eventsourcing.h
- *		Declarations shared by the parts of the eventsourcing extension.
+ *		What every part of the extension shares: limits, the layout of the
+ *		events table, and the module initializers called from _PG_init.
  *
- * Where things live:
- *	eventsourcing.c	module load, GUCs, shared-memory set-up
- *	catalog.c		the extension's tables, application look-up, input checks
+ * Where things live (each module has its own header):
+ *	eventsourcing.c	module load: calls each module's Init, shared memory
+ *	catalog.c		the extension's tables, look-ups, SPI as the owner
+ *	access.c		the entry skeleton and per-application privileges
  *	ordering.c		the ordering protocol: id allocation and gap resolution
  *	append.c		the append path (es_append)
- *	read.c			the read path (es_select, es_events, ...)
+ *	read.c			the read path (es_select, es_events, readable head)
+ *	integrity.c		hash chains, verification, seals, append-only guard
+ *	follow.c		channels, es_wait, consumer groups
+ *	wakeup.c		writers' end-of-transaction wake-up, the shared
+ *					per-database state, es_wait's condition variable
+ *	worker.c		the per-database background worker, and only that
+ *	replay.c		es_replay, the fold language, es_state, snapshots
+ *
+ * The include graph: eventsourcing.h <- catalog.h <- access.h, ordering.h,
+ * integrity.h <- read.h; wakeup.h, follow.h stand alone.  No header includes
+ * a header that includes it back.
  */
 #ifndef EVENTSOURCING_H
 #define EVENTSOURCING_H
 
 #include "postgres.h"
 
-#include "access/skey.h"
-#include "storage/condition_variable.h"
-#include "utils/acl.h"
-#include "utils/rel.h"
-#include "utils/snapshot.h"
-#include "utils/uuid.h"
+/* The release this library implements: the catalog must be at it. */
+#define ES_VERSION					"0.2.0"
 
 /* Limits on user input, enforced with clear errors. */
 #define ES_MAX_TOPIC_BYTES			1024
@@ -39,129 +47,12 @@
 /* SHA-256 */
 #define ES_HASH_LEN					32
 
-/* The OIDs of the extension's relations, looked up per call. */
-typedef struct EsRelations
-{
-	Oid			namespace;		/* the extension's schema */
-	Oid			applications;	/* es_applications */
-	Oid			applications_name_idx;
-	Oid			applications_pkey;
-	Oid			events;			/* es_stored_events */
-	Oid			events_pkey;	/* (application_id, notification_id) */
-	Oid			events_version_idx; /* (application_id, originator_id,
-									 * originator_version) */
-	Oid			tracking;		/* es_tracking */
-	Oid			watermarks;		/* es_watermarks */
-	Oid			watermarks_pkey;
-} EsRelations;
-
-/* catalog.c */
-extern void EsLookupRelations(EsRelations *rels);
-extern int32 EsLookupApplication(const EsRelations *rels, text *name);
-extern char *EsQualifiedName(const EsRelations *rels, const char *relname);
-extern void EsCheckTablePrivilege(Oid relid, AclMode mode);
-extern text *EsArgApplication(FunctionCallInfo fcinfo, int argno);
-extern pg_uuid_t *EsArgUuid(FunctionCallInfo fcinfo, int argno, const char *name);
-extern char *EsApplicationName(const EsRelations *rels, int32 app_id);
-extern bool EsLastEventAttr(const EsRelations *rels, Oid index, Snapshot snapshot,
-							ScanKey keys, int nkeys, int attno, Datum *value);
+/* Module initializers (settings), called from _PG_init. */
+extern void EsOrderingInit(bool preloading);
+extern void EsIntegrityInit(void);
+extern void EsWorkerInit(void);
 
 /* eventsourcing.c */
 extern bool EsSharedMemoryReady(void);
-
-/* ordering.c */
-typedef struct EsCounter EsCounter;
-
-extern Size EsOrderingShmemSize(void);
-extern void EsOrderingShmemInit(void);
-extern EsCounter *EsGetCounter(const EsRelations *rels, int32 app_id);
-extern int64 EsBeginAllocation(EsCounter *counter, int count);
-extern void EsEndAllocation(void);
-
-/* Decides about missing ids for one es_select call. */
-typedef struct EsGapResolver
-{
-	const EsRelations *rels;
-	Relation	events;
-	Relation	pkey;
-	int32		app_id;
-	Snapshot	snapshot;		/* the reader's */
-	struct IndexScanDescData *scan; /* SnapshotAny probe, made on first use */
-	struct TupleTableSlot *slot;
-	bool		counter_known;
-	EsCounter  *counter;
-	bool		watermark_known;
-	int64		watermark;
-} EsGapResolver;
-
-extern void EsGapResolverInit(EsGapResolver *r, const EsRelations *rels,
-							  Relation events, Relation pkey, int32 app_id,
-							  Snapshot snapshot);
-extern bool EsGapIsPermanent(EsGapResolver *r, int64 id);
-extern void EsGapResolverEnd(EsGapResolver *r);
-extern int64 EsReadWatermark(const EsRelations *rels, int32 app_id);
-extern int64 EsReadAnnounced(const EsRelations *rels, int32 app_id);
-
-typedef struct EsCounterRef
-{
-	EsCounter  *counter;
-	Oid			events_relid;
-	int32		app_id;
-} EsCounterRef;
-
-extern int64 EsComputeWatermark(EsCounter *counter);
-extern int	EsCountersOfDatabase(Oid dboid, EsCounterRef *refs, int max);
-extern void EsForgetStaleCounters(Oid dboid, Oid keep_relid);
-extern int64 EsCounterNext(EsCounter *counter);
-
-/* read.c: the log walk */
-typedef struct EsLogScan
-{
-	EsRelations rels;
-	int32		app_id;
-	Relation	events;
-	Relation	pkey;
-	Snapshot	snapshot;
-	ScanKeyData keys[3];
-	struct IndexScanDescData *scan;
-	struct TupleTableSlot *slot;
-	EsGapResolver resolver;
-	int64		expected;		/* the next id if there is no gap */
-	bool		blocked;		/* stopped before an id that may appear */
-	bool		collect_gaps;
-	int64	   *gaps;			/* permanent gaps passed */
-	int			ngaps;
-	int			gaps_cap;
-} EsLogScan;
-
-extern void EsLogScanBegin(EsLogScan *s, const EsRelations *rels, int32 app_id,
-						   int64 start, int64 stop, bool collect_gaps);
-extern struct TupleTableSlot *EsLogScanNext(EsLogScan *s, int64 *id);
-extern void EsLogScanEnd(EsLogScan *s);
-
-/* integrity.c */
-extern void EsHashEvent(const uint8 *prev, const text *application,
-						const pg_uuid_t *originator_id, int64 version,
-						const text *topic, const bytea *state, uint8 *out);
-extern const uint8 es_genesis_hash[ES_HASH_LEN];
-extern bool es_allow_rewrite;
-
-/* follow.c */
-extern int32 EsPartition(const pg_uuid_t *originator_id, int32 group_size);
-extern void EsCheckGroup(bool has_member, int32 member, bool has_size, int32 size);
-
-/* worker.c */
-extern int	es_max_applications;
-extern int	es_worker_naptime;
-extern int	es_seal_interval;
-extern int	es_notify_interval;
-extern bool es_notify;
-extern char *EsChannel(text *application, int32 app_id);
-extern int64 EsReadableHead(const EsRelations *rels, int32 app_id, int64 after);
-extern ConditionVariable *EsNewEventsCV(void);
-extern Size EsWorkerShmemSize(void);
-extern void EsWorkerShmemInit(void);
-extern void EsNoteAppend(void);
-extern bool EsLookupRelationsIfInstalled(EsRelations *rels);
 
 #endif							/* EVENTSOURCING_H */

@@ -1,13 +1,11 @@
 /*
  * follow.c
- *		Following the log: the NOTIFY channel, waiting for new events, and
- *		consumer groups.
+ *		Following the log: the NOTIFY channel and waiting for new events.
  *
- * Writers never NOTIFY (PostgreSQL's NOTIFY takes a cluster-wide lock held
- * through commit).  At the end of a transaction that appended, the writer
- * broadcasts a condition variable (es_wait sleepers wake) and sets the
- * worker's latch; the worker (worker.c) announces on each application's
- * channel the highest id readers can now be given.
+ * Writers never NOTIFY; they wake the worker at the end of their transaction
+ * (wakeup.c), and the worker (worker.c) announces on each application's
+ * channel the highest id readers can now be given.  Consumer groups are a
+ * filter of the read path (read.c).
  */
 #include "postgres.h"
 
@@ -22,20 +20,31 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
-#include "eventsourcing.h"
+#include "access.h"
+#include "follow.h"
+#include "read.h"
+#include "wakeup.h"
 
 /* es_channel(application text) RETURNS text */
 PG_FUNCTION_INFO_V1(es_channel);
 Datum
 es_channel(PG_FUNCTION_ARGS)
 {
-	text	   *application = EsArgApplication(fcinfo, 0);
-	EsRelations rels;
-	int32		app_id;
+	EsApp		app;
 
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	PG_RETURN_TEXT_P(cstring_to_text(EsChannel(application, app_id)));
+	EsOpenApp(&app, fcinfo, 0, ES_PRIV_READ);
+	PG_RETURN_TEXT_P(cstring_to_text(EsChannel(app.name, app.id)));
+}
+
+/* The NOTIFY channel of an application: "es:" and its name, or its id if long. */
+char *
+EsChannel(text *application, int32 app_id)
+{
+	Size		len = VARSIZE_ANY_EXHDR(application);
+
+	if (len + 3 < NAMEDATALEN)
+		return psprintf("es:%.*s", (int) len, VARDATA_ANY(application));
+	return psprintf("es:#%d", app_id);
 }
 
 /* The readable head after `after`, with a fresh snapshot. */
@@ -62,11 +71,9 @@ PG_FUNCTION_INFO_V1(es_wait);
 Datum
 es_wait(PG_FUNCTION_ARGS)
 {
-	text	   *application = EsArgApplication(fcinfo, 0);
 	int64		after;
 	int32		timeout_ms;
-	EsRelations rels;
-	int32		app_id;
+	EsApp		app;
 	ConditionVariable *cv;
 	TimestampTz deadline;
 	int64		head;
@@ -92,9 +99,7 @@ es_wait(PG_FUNCTION_ARGS)
 				 errmsg("timeout_ms must not be negative"),
 				 errdetail("The given timeout_ms is %d.", timeout_ms)));
 
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+	EsOpenApp(&app, fcinfo, 0, ES_PRIV_READ);
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 	cv = EsSharedMemoryReady() ? EsNewEventsCV() : NULL;
@@ -104,7 +109,7 @@ es_wait(PG_FUNCTION_ARGS)
 	{
 		long		remaining;
 
-		head = EsFreshReadableHead(&rels, app_id, after);
+		head = EsFreshReadableHead(&app.rels, app.id, after);
 		if (head > after)
 			break;
 		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
@@ -127,49 +132,4 @@ es_wait(PG_FUNCTION_ARGS)
 	if (head <= after)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(head);
-}
-
-/* The consumer-group partition of an aggregate: stable across servers. */
-int32
-EsPartition(const pg_uuid_t *originator_id, int32 group_size)
-{
-	return (int32) (hash_bytes(originator_id->data, UUID_LEN) % (uint32) group_size);
-}
-
-void
-EsCheckGroup(bool has_member, int32 member, bool has_size, int32 size)
-{
-	if (has_member != has_size)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("group_member and group_size must be given together")));
-	if (!has_size)
-		return;
-	if (size < 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("group_size must be positive"),
-				 errdetail("The given group_size is %d.", size)));
-	if (member < 0 || member >= size)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("group_member must be between 0 and group_size - 1"),
-				 errdetail("The given group_member is %d and group_size is %d.", member, size)));
-}
-
-/* es_partition(originator_id uuid, group_size int) RETURNS int */
-PG_FUNCTION_INFO_V1(es_partition);
-Datum
-es_partition(PG_FUNCTION_ARGS)
-{
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("originator_id must not be NULL")));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("group_size must not be NULL")));
-	EsCheckGroup(true, 0, true, PG_GETARG_INT32(1));
-	PG_RETURN_INT32(EsPartition(PG_GETARG_UUID_P(0), PG_GETARG_INT32(1)));
 }

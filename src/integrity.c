@@ -50,7 +50,11 @@
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
-#include "eventsourcing.h"
+#include "access.h"
+#include "common/int.h"
+#include "integrity.h"
+#include "read.h"
+#include "utils/guc.h"
 
 #define ES_SEAL_LOCK_CLASS 0x4554
 
@@ -221,10 +225,12 @@ EsChainCheck(const EsChain *c, bytea *expected_head)
 								r->version);
 			return p;
 		}
-		if (i > 0 && r->version != c->rows[i - 1].version + 1)
+		CHECK_FOR_INTERRUPTS();
+		if (i > 0 && (c->rows[i - 1].version == PG_INT64_MAX ||
+					  r->version != c->rows[i - 1].version + 1))
 		{
 			p.broken = true;
-			p.version = c->rows[i - 1].version + 1;
+			p.version = c->rows[i - 1].version == PG_INT64_MAX ? PG_INT64_MAX : c->rows[i - 1].version + 1;
 			p.problem = "missing version";
 			p.detail = psprintf("Version " INT64_FORMAT " is followed by version " INT64_FORMAT ".",
 								c->rows[i - 1].version, r->version);
@@ -289,6 +295,7 @@ EsReadChain(const EsRelations *rels, int32 app_id, const text *application,
 	index_rescan(scan, keys, 2, NULL, 0);
 	while (index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
+		CHECK_FOR_INTERRUPTS();
 		slot_getallattrs(slot);
 		EsChainAdd(chain, slot, application);
 		ExecClearTuple(slot);
@@ -305,20 +312,15 @@ PG_FUNCTION_INFO_V1(es_head);
 Datum
 es_head(PG_FUNCTION_ARGS)
 {
-	text	   *application = EsArgApplication(fcinfo, 0);
 	pg_uuid_t  *originator_id = EsArgUuid(fcinfo, 1, "originator_id");
-	EsRelations rels;
-	int32		app_id;
+	EsApp		app;
 	ScanKeyData keys[2];
 	Datum		head;
 
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	EsCheckTablePrivilege(rels.events, ACL_SELECT);
-
-	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	EsOpenApp(&app, fcinfo, 0, ES_PRIV_READ);
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app.id));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
-	if (!EsLastEventAttr(&rels, rels.events_version_idx, GetActiveSnapshot(), keys, 2,
+	if (!EsLastEventAttr(&app.rels, app.rels.events_version_idx, GetActiveSnapshot(), keys, 2,
 						 Anum_es_event_hash, &head))
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(head);
@@ -332,11 +334,9 @@ PG_FUNCTION_INFO_V1(es_verify);
 Datum
 es_verify(PG_FUNCTION_ARGS)
 {
-	text	   *application = EsArgApplication(fcinfo, 0);
 	pg_uuid_t  *originator_id = EsArgUuid(fcinfo, 1, "originator_id");
 	bytea	   *expected_head = PG_ARGISNULL(2) ? NULL : PG_GETARG_BYTEA_PP(2);
-	EsRelations rels;
-	int32		app_id;
+	EsApp		app;
 	EsChain		chain;
 	EsChainProblem p;
 	TupleDesc	tupdesc;
@@ -347,10 +347,8 @@ es_verify(PG_FUNCTION_ARGS)
 		elog(ERROR, "eventsourcing: es_verify must return a composite type");
 	tupdesc = BlessTupleDesc(tupdesc);
 
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	EsCheckTablePrivilege(rels.events, ACL_SELECT);
-	EsReadChain(&rels, app_id, application, originator_id, &chain);
+	EsOpenApp(&app, fcinfo, 0, ES_PRIV_VERIFY);
+	EsReadChain(&app.rels, app.id, app.name, originator_id, &chain);
 	p = EsChainCheck(&chain, expected_head);
 
 	values[0] = BoolGetDatum(!p.broken);
@@ -425,7 +423,7 @@ EsLastSeal(const EsRelations *rels, int32 app_id, int64 *seal_id, int64 *last, u
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "SELECT seal_id, last_notification_id, digest FROM %s "
-					 "WHERE application_id = $1 ORDER BY seal_id DESC LIMIT 1",
+					 "WHERE application_id OPERATOR(pg_catalog.=) $1 ORDER BY seal_id DESC LIMIT 1",
 					 EsQualifiedName(rels, "es_seals"));
 	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "eventsourcing: could not read es_seals");
@@ -446,19 +444,15 @@ EsLastSeal(const EsRelations *rels, int32 app_id, int64 *seal_id, int64 *last, u
 }
 
 /*
- * es_seal(application text) RETURNS es_seals
- *
- * Seals the log from the last seal up to the highest id readers can be
- * given now (never past an id that may still appear), and returns the new
- * seal, or the last one if there is nothing new (NULL if there is none).
+ * Seals the log of an application from its last seal up to the highest id
+ * readers can be given now (never past an id that may still appear).  Sets
+ * *seal_row to the new seal, or the last one if there is nothing new, and
+ * returns false when there is none at all.  Used by es_seal and the worker;
+ * calls no user code.  Gaps are kept as ranges (int8multirange).
  */
-PG_FUNCTION_INFO_V1(es_seal);
-Datum
-es_seal(PG_FUNCTION_ARGS)
+bool
+EsSealApplication(const EsRelations *rels, int32 app_id, text *application, Datum *seal_row)
 {
-	text	   *application = EsArgApplication(fcinfo, 0);
-	EsRelations rels;
-	int32		app_id;
 	int64		seal_id = 0;
 	int64		after = 0;
 	uint8		previous[ES_HASH_LEN];
@@ -469,67 +463,79 @@ es_seal(PG_FUNCTION_ARGS)
 	int64		last = 0;
 	int64		count = 0;
 	StringInfoData sql;
-	Datum		result;
 	bool		isnull;
-
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	EsCheckTablePrivilege(rels.events, ACL_SELECT);
-	PreventCommandIfReadOnly("es_seal()");
+	EsSpi		spi;
 
 	EsLockSeals(app_id);
-	SPI_connect();
+	EsSpiBegin(&spi, rels);
 	memset(previous, 0, ES_HASH_LEN);
-	(void) EsLastSeal(&rels, app_id, &seal_id, &after, previous);
+	(void) EsLastSeal(rels, app_id, &seal_id, &after, previous);
 
 	/* One pass over what readers can be given now, from the last seal on. */
-	EsSealDigestBegin(previous, application, after);
-	EsLogScanBegin(&scan, &rels, app_id, after + 1, PG_INT64_MAX, true);
-	while ((slot = EsLogScanNext(&scan, &id)) != NULL)
+	if (after < PG_INT64_MAX)
 	{
-		EsSealDigestAdd(id, slot);
-		count++;
-		last = id;
+		EsSealDigestBegin(previous, application, after);
+		EsLogScanBegin(&scan, rels, app_id, after + 1, PG_INT64_MAX, true);
+		while ((slot = EsLogScanNext(&scan, &id)) != NULL)
+		{
+			EsSealDigestAdd(id, slot);
+			count++;
+			last = id;
+		}
+		EsLogScanEnd(&scan);
+		EsSealDigestEnd(last, digest);
 	}
-	EsLogScanEnd(&scan);
-	EsSealDigestEnd(last, digest);
 
 	if (count > 0)
 	{
-		Oid			argtypes[8] = {INT4OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8ARRAYOID, BYTEAOID, BYTEAOID};
-		Datum		values[8];
-		Datum	   *gapd = palloc(sizeof(Datum) * Max(scan.ngaps, 1));
-
+		Oid			argtypes[9] = {INT4OID, INT8OID, INT8OID, INT8OID, INT8OID,
+		INT8ARRAYOID, INT8ARRAYOID, BYTEAOID, BYTEAOID};
+		Datum		values[9];
+		Datum	   *from = palloc(sizeof(Datum) * Max(scan.ngaps, 1));
+		Datum	   *to = palloc(sizeof(Datum) * Max(scan.ngaps, 1));
 		int			ngaps = 0;
 
+		if (seal_id == PG_INT64_MAX)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("application \"%s\" has as many seals as a bigint can count",
+							text_to_cstring(application))));
 		/* gaps passed before the scan stopped may lie above the last event */
-		for (int i = 0; i < scan.ngaps && scan.gaps[i] < last; i++)
-			gapd[ngaps++] = Int64GetDatum(scan.gaps[i]);
+		for (int i = 0; i < scan.ngaps && scan.gap_from[i] < last; i++)
+		{
+			from[ngaps] = Int64GetDatum(scan.gap_from[i]);
+			to[ngaps] = Int64GetDatum(Min(scan.gap_to[i], last));
+			ngaps++;
+		}
 		values[0] = Int32GetDatum(app_id);
 		values[1] = Int64GetDatum(seal_id + 1);
 		values[2] = Int64GetDatum(after);
 		values[3] = Int64GetDatum(last);
 		values[4] = Int64GetDatum(count);
-		values[5] = PointerGetDatum(construct_array(gapd, ngaps, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		values[6] = PointerGetDatum(EsHashToBytea(previous));
-		values[7] = PointerGetDatum(EsHashToBytea(digest));
+		values[5] = PointerGetDatum(construct_array(from, ngaps, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[6] = PointerGetDatum(construct_array(to, ngaps, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[7] = PointerGetDatum(EsHashToBytea(previous));
+		values[8] = PointerGetDatum(EsHashToBytea(digest));
 		initStringInfo(&sql);
 		appendStringInfo(&sql,
 						 "INSERT INTO %s (application_id, seal_id, after_notification_id, last_notification_id, "
 						 "event_count, gaps, previous_digest, digest, sealed_at) "
-						 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())",
-						 EsQualifiedName(&rels, "es_seals"));
-		if (SPI_execute_with_args(sql.data, 8, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+						 "SELECT $1, $2, $3, $4, $5, "
+						 "COALESCE((SELECT pg_catalog.range_agg(pg_catalog.int8range(f, t)) "
+						 "FROM ROWS FROM (pg_catalog.unnest($6), pg_catalog.unnest($7)) AS g(f, t)), '{}'::pg_catalog.int8multirange), "
+						 "$8, $9, pg_catalog.now()",
+						 EsQualifiedName(rels, "es_seals"));
+		if (SPI_execute_with_args(sql.data, 9, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "eventsourcing: could not insert the seal");
 		seal_id++;
 	}
 	else if (seal_id == 0)
 	{
-		SPI_finish();
-		PG_RETURN_NULL();
+		EsSpiEnd(&spi);
+		return false;
 	}
 
-	/* Return the seal's row. */
+	/* The seal's row. */
 	{
 		Oid			argtypes[2] = {INT4OID, INT8OID};
 		Datum		values[2];
@@ -537,15 +543,36 @@ es_seal(PG_FUNCTION_ARGS)
 		values[0] = Int32GetDatum(app_id);
 		values[1] = Int64GetDatum(seal_id);
 		initStringInfo(&sql);
-		appendStringInfo(&sql, "SELECT s FROM %s s WHERE application_id = $1 AND seal_id = $2",
-						 EsQualifiedName(&rels, "es_seals"));
+		appendStringInfo(&sql, "SELECT s FROM %s s WHERE application_id OPERATOR(pg_catalog.=) $1 "
+						 "AND seal_id OPERATOR(pg_catalog.=) $2",
+						 EsQualifiedName(rels, "es_seals"));
 		if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, false, 1) != SPI_OK_SELECT ||
 			SPI_processed != 1)
 			elog(ERROR, "eventsourcing: could not read the seal back");
-		result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		result = SPI_datumTransfer(result, false, -1);
+		*seal_row = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		*seal_row = SPI_datumTransfer(*seal_row, false, -1);
 	}
-	SPI_finish();
+	EsSpiEnd(&spi);
+	return true;
+}
+
+/*
+ * es_seal(application text) RETURNS es_seals
+ *
+ * Needs the seal privilege.  Returns the new seal, or the last one if there
+ * is nothing new (NULL if there is none).
+ */
+PG_FUNCTION_INFO_V1(es_seal);
+Datum
+es_seal(PG_FUNCTION_ARGS)
+{
+	EsApp		app;
+	Datum		result;
+
+	EsOpenApp(&app, fcinfo, 0, ES_PRIV_SEAL);
+	PreventCommandIfReadOnly("es_seal()");
+	if (!EsSealApplication(&app.rels, app.id, app.name, &result))
+		PG_RETURN_NULL();
 	PG_RETURN_DATUM(result);
 }
 
@@ -618,6 +645,7 @@ EsVerifyAllChains(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, 
 		}
 		if (!more)
 			break;
+		CHECK_FOR_INTERRUPTS();
 		if (!have)
 		{
 			chain.originator_id = *oid;
@@ -632,13 +660,65 @@ EsVerifyAllChains(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, 
 	table_close(events, AccessShareLock);
 }
 
-static int
-EsCompareInt64(const void *a, const void *b)
+/* Reads an int8[] column of an SPI row into a palloc'd array. */
+static int64 *
+EsSpiInt64Array(HeapTuple t, TupleDesc d, int col, int *n)
 {
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
+	bool		isnull;
+	Datum		v = SPI_getbinval(t, d, col, &isnull);
+	Datum	   *elems;
+	int64	   *out;
 
-	return (x > y) - (x < y);
+	*n = 0;
+	if (isnull)
+		return palloc(sizeof(int64));
+	deconstruct_array(DatumGetArrayTypeP(v), INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, NULL, n);
+	out = palloc(sizeof(int64) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+		out[i] = DatumGetInt64(elems[i]);
+	return out;
+}
+
+/*
+ * The ids [from, to) were skipped by the walk of a sealed range: those not
+ * in the seal's gaps (sorted ranges [gfrom, gto)) are missing events, one
+ * problem per run of missing ids.
+ */
+static bool
+EsCheckSkipped(ReturnSetInfo *rsinfo, int64 seal_id, int64 from, int64 to,
+			   const int64 *gfrom, const int64 *gto, int ngaps, int *gi)
+{
+	bool		ok = true;
+	int64		m = from;
+
+	while (m < to)
+	{
+		int64		run_end;
+
+		CHECK_FOR_INTERRUPTS();
+		while (*gi < ngaps && gto[*gi] <= m)
+			(*gi)++;
+		if (*gi < ngaps && gfrom[*gi] <= m)
+		{
+			m = Min(gto[*gi], to);	/* a gap when sealed: fine */
+			continue;
+		}
+		run_end = (*gi < ngaps) ? Min(gfrom[*gi], to) : to;
+		ok = false;
+		if (run_end - 1 == m)
+			EsEmitProblem(rsinfo, "seal", NULL, false, 0, true, m, true, seal_id,
+						  "missing event",
+						  psprintf("Notification " INT64_FORMAT " was sealed in seal " INT64_FORMAT " and is gone.",
+								   m, seal_id));
+		else
+			EsEmitProblem(rsinfo, "seal", NULL, false, 0, true, m, true, seal_id,
+						  "missing event",
+						  psprintf("Notifications " INT64_FORMAT " to " INT64_FORMAT " were sealed in seal " INT64_FORMAT " and are gone.",
+								   m, run_end - 1, seal_id));
+		m = run_end;
+	}
+	return ok;
 }
 
 static void
@@ -661,8 +741,11 @@ EsVerifySeals(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, text
 	values[0] = Int32GetDatum(app_id);
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT seal_id, after_notification_id, last_notification_id, event_count, gaps, "
-					 "previous_digest, digest FROM %s WHERE application_id = $1 ORDER BY seal_id",
+					 "SELECT seal_id, after_notification_id, last_notification_id, event_count, "
+					 "ARRAY(SELECT pg_catalog.lower(r) FROM pg_catalog.unnest(gaps) r), "
+					 "ARRAY(SELECT pg_catalog.upper(r) FROM pg_catalog.unnest(gaps) r), "
+					 "previous_digest, digest FROM %s WHERE application_id OPERATOR(pg_catalog.=) $1 "
+					 "ORDER BY seal_id",
 					 EsQualifiedName(rels, "es_seals"));
 	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "eventsourcing: could not read es_seals");
@@ -678,20 +761,26 @@ EsVerifySeals(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, text
 		int64		after = DatumGetInt64(SPI_getbinval(t, d, 2, &isnull));
 		int64		last = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
 		int64		count = DatumGetInt64(SPI_getbinval(t, d, 4, &isnull));
-		ArrayType  *gaps_arr = DatumGetArrayTypeP(SPI_getbinval(t, d, 5, &isnull));
-		bytea	   *prevd = DatumGetByteaPP(SPI_getbinval(t, d, 6, &isnull));
-		bytea	   *digest = DatumGetByteaPP(SPI_getbinval(t, d, 7, &isnull));
-		Datum	   *gapd;
 		int			ngaps;
-		int64	   *gaps;
+		int			nto;
+		int64	   *gfrom = EsSpiInt64Array(t, d, 5, &ngaps);
+		int64	   *gto = EsSpiInt64Array(t, d, 6, &nto);
+		bytea	   *prevd = DatumGetByteaPP(SPI_getbinval(t, d, 7, &isnull));
+		bytea	   *digest = DatumGetByteaPP(SPI_getbinval(t, d, 8, &isnull));
 		uint8		computed[ES_HASH_LEN];
 		IndexScanDesc scan;
 		ScanKeyData keys[3];
-		int64		next_expected = after + 1;
+		int64		next_expected;
 		int64		present = 0;
 		bool		ids_ok = true;
 		int			gi = 0;
 
+		CHECK_FOR_INTERRUPTS();
+		ngaps = Min(ngaps, nto);
+		/* A forged seal may claim any range: keep the arithmetic in bounds. */
+		after = Max(after, 0);
+		last = Min(Max(last, after), PG_INT64_MAX - 1);
+		next_expected = after + 1;
 		if (seal_id != expected_seal || after != prev_last ||
 			VARSIZE_ANY_EXHDR(prevd) != ES_HASH_LEN ||
 			memcmp(VARDATA_ANY(prevd), previous, ES_HASH_LEN) != 0)
@@ -699,12 +788,6 @@ EsVerifySeals(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, text
 						  "seal chain broken",
 						  psprintf("Seal " INT64_FORMAT " does not follow seal " INT64_FORMAT ": a seal was removed, reordered or rewritten.",
 								   seal_id, expected_seal - 1));
-
-		deconstruct_array(gaps_arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &gapd, NULL, &ngaps);
-		gaps = palloc(sizeof(int64) * Max(ngaps, 1));
-		for (int g = 0; g < ngaps; g++)
-			gaps[g] = DatumGetInt64(gapd[g]);
-		qsort(gaps, ngaps, sizeof(int64), EsCompareInt64);
 
 		EsSealDigestBegin(VARSIZE_ANY_EXHDR(prevd) == ES_HASH_LEN ? (uint8 *) VARDATA_ANY(prevd) : previous,
 						  application, after);
@@ -718,25 +801,15 @@ EsVerifySeals(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, text
 			bool		more = index_getnext_slot(scan, ForwardScanDirection, slot);
 			int64		id = more ? DatumGetInt64(slot_getattr(slot, Anum_es_notification_id, &isnull)) : last + 1;
 
+			CHECK_FOR_INTERRUPTS();
 			/* Ids skipped before this one must have been gaps when sealed. */
-			for (int64 m = next_expected; m < id; m++)
-			{
-				while (gi < ngaps && gaps[gi] < m)
-					gi++;
-				if (gi >= ngaps || gaps[gi] != m)
-				{
-					ids_ok = false;
-					EsEmitProblem(rsinfo, "seal", NULL, false, 0, true, m, true, seal_id,
-								  "missing event",
-								  psprintf("Notification " INT64_FORMAT " was sealed in seal " INT64_FORMAT " and is gone.",
-										   m, seal_id));
-				}
-			}
+			if (!EsCheckSkipped(rsinfo, seal_id, next_expected, id, gfrom, gto, ngaps, &gi))
+				ids_ok = false;
 			if (!more)
 				break;
-			while (gi < ngaps && gaps[gi] < id)
+			while (gi < ngaps && gto[gi] <= id)
 				gi++;
-			if (gi < ngaps && gaps[gi] == id)
+			if (gi < ngaps && gfrom[gi] <= id)
 			{
 				ids_ok = false;
 				EsEmitProblem(rsinfo, "seal", NULL, false, 0, true, id, true, seal_id,
@@ -762,7 +835,7 @@ EsVerifySeals(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, text
 		if (VARSIZE_ANY_EXHDR(digest) == ES_HASH_LEN)
 			memcpy(previous, VARDATA_ANY(digest), ES_HASH_LEN);
 		prev_last = last;
-		expected_seal = seal_id + 1;
+		expected_seal = seal_id == PG_INT64_MAX ? seal_id : seal_id + 1;
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	UnregisterSnapshot(snapshot);
@@ -775,19 +848,16 @@ Datum
 es_verify_log(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	text	   *application = EsArgApplication(fcinfo, 0);
-	EsRelations rels;
-	int32		app_id;
+	EsApp		app;
+	EsSpi		spi;
 
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+	EsOpenApp(&app, fcinfo, 0, ES_PRIV_VERIFY);
 	InitMaterializedSRF(fcinfo, 0);
 
-	EsVerifyAllChains(rsinfo, &rels, app_id, application);
-	SPI_connect();
-	EsVerifySeals(rsinfo, &rels, app_id, application);
-	SPI_finish();
+	EsVerifyAllChains(rsinfo, &app.rels, app.id, app.name);
+	EsSpiBegin(&spi, &app.rels);
+	EsVerifySeals(rsinfo, &app.rels, app.id, app.name);
+	EsSpiEnd(&spi);
 	return (Datum) 0;
 }
 
@@ -821,4 +891,17 @@ es_append_only_guard(PG_FUNCTION_ARGS)
 					what, RelationGetRelationName(trigdata->tg_relation)),
 			 errhint("Append new events with es_append. A superuser can SET eventsourcing.allow_rewrite = on to repair data; es_verify_log will report what changed.")));
 	return (Datum) 0;
+}
+
+/* Settings of the integrity module. */
+void
+EsIntegrityInit(void)
+{
+	DefineCustomBoolVariable("eventsourcing.allow_rewrite",
+							 "Lets UPDATE, DELETE and TRUNCATE change recorded events and seals (superusers only).",
+							 "The administrative path around the append-only guard; es_verify_log reports what was changed.",
+							 &es_allow_rewrite,
+							 false,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
 }

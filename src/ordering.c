@@ -33,16 +33,23 @@
  *	   the writing transaction is still in progress for the reader.
  *
  * A reader (es_select) scans the visible ids from `start` with its own MVCC
- * snapshot.  When it finds id h while expecting g < h, each missing id in
- * [g, h) is decided in turn (EsGapIsPermanent):
+ * snapshot.  When it finds id h while expecting g < h, the missing ids
+ * [g, h) are decided together (EsGapPermanentUpTo):
  *
- *	a. If a slot of the same application says "allocating", or holds a first
- *	   id <= g, the writer of g may still be inserting it: stop here.
- *	b. Otherwise look g up in the index with SnapshotAny.  A tuple whose xmin
- *	   is in progress for the reader's snapshot (XidInMVCCSnapshot: running
- *	   when the snapshot was taken, even if it has committed since) may become
- *	   visible later: stop here.  A tuple whose transaction aborted, or no
- *	   tuple at all, is a permanent gap: skip it.
+ *	a. If a slot of the same application says "allocating", nothing can be
+ *	   decided: stop at g.  Otherwise an id at or above the lowest first id
+ *	   held in a slot of the application may still be being inserted: only
+ *	   the ids below it are decided now.
+ *	b. Then one SnapshotAny range scan of the index over the ids left.  A
+ *	   tuple whose xmin is in progress for the reader's snapshot
+ *	   (XidInMVCCSnapshot: running when the snapshot was taken, even if it
+ *	   has committed since) may become visible later: stop at it.  Tuples
+ *	   whose transaction aborted, and ids with no tuple at all, are
+ *	   permanent gaps: skip them.
+ *
+ * The cost is one pass over the slots and the tuples that really exist in
+ * the gap, never one probe per missing id, so even a gap of 2^62 ids (an
+ * administrator's forged row) is decided at once.
  *
  * The page ends at the first id that is not safe.  A page therefore never
  * contains an id above one that could still become visible, which is the
@@ -66,7 +73,7 @@
  *
  * Writers: one fetch-and-add and three stores to their own cache line.
  * Readers: nothing while there is no gap; at a gap, one pass over the slots
- * and one index probe per missing id.  A writer transaction that stays open
+ * and one index range scan.  A writer transaction that stays open
  * after appending holds readers back from its own first id onward, and from
  * nothing before it.
  *
@@ -118,7 +125,9 @@
 #include "utils/hsearch.h"
 #include "utils/snapmgr.h"
 
-#include "eventsourcing.h"
+#include "ordering.h"
+#include "utils/guc.h"
+#include "utils/syscache.h"
 
 
 /* A slot's pending value: idle, taking ids, or the first id being inserted. */
@@ -152,6 +161,9 @@ typedef struct EsOrderingShared
 	int			nslots;
 	EsSlot		slots[FLEXIBLE_ARRAY_MEMBER];
 } EsOrderingShared;
+
+int			es_max_applications = 1024;
+int			es_max_applications_per_database = 256;
 
 static EsOrderingShared *es_shared = NULL;
 static HTAB *es_counters = NULL;
@@ -262,9 +274,64 @@ EsFindCounter(const EsCounterKey *key)
 	return counter;
 }
 
+/* How many counters a database holds (caller holds the lock). */
+static int
+EsCountersInDatabase(Oid dboid)
+{
+	HASH_SEQ_STATUS status;
+	EsCounter  *counter;
+	int			n = 0;
+
+	hash_seq_init(&status, es_counters);
+	while ((counter = hash_seq_search(&status)) != NULL)
+		if (counter->key.dboid == dboid)
+			n++;
+	return n;
+}
+
+/*
+ * Forgets the counters of databases that no longer exist (nobody can be
+ * appending with them), to make room.  Returns true if it freed any.
+ */
+static bool
+EsForgetDroppedDatabases(void)
+{
+	HASH_SEQ_STATUS status;
+	EsCounter  *counter;
+	Oid		   *dbs = palloc(sizeof(Oid) * es_max_applications);
+	int			ndbs = 0;
+	bool		freed = false;
+
+	LWLockAcquire(es_shared->lock, LW_SHARED);
+	hash_seq_init(&status, es_counters);
+	while ((counter = hash_seq_search(&status)) != NULL)
+	{
+		bool		seen = false;
+
+		for (int i = 0; i < ndbs && !seen; i++)
+			seen = dbs[i] == counter->key.dboid;
+		if (!seen && ndbs < es_max_applications)
+			dbs[ndbs++] = counter->key.dboid;
+	}
+	LWLockRelease(es_shared->lock);
+
+	/* Catalog look-ups outside the LWLock. */
+	for (int i = 0; i < ndbs; i++)
+	{
+		if (dbs[i] == MyDatabaseId ||
+			SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dbs[i])))
+			continue;
+		EsForgetStaleCounters(dbs[i], InvalidOid);
+		freed = true;
+	}
+	pfree(dbs);
+	return freed;
+}
+
 /*
  * The id counter of an application, set up on first use since server start.
- * Errors out (with a hint) when the library was not preloaded.
+ * Errors out (with a hint) when the library was not preloaded, and when the
+ * server's or this database's share of counters is used up.
  */
 EsCounter *
 EsGetCounter(const EsRelations *rels, int32 app_id)
@@ -273,6 +340,7 @@ EsGetCounter(const EsRelations *rels, int32 app_id)
 	EsCounter  *counter;
 	int64		highest;
 	bool		found;
+	bool		retried = false;
 
 	if (!EsSharedMemoryReady())
 		ereport(ERROR,
@@ -307,15 +375,36 @@ EsGetCounter(const EsRelations *rels, int32 app_id)
 	 */
 	highest = Max(highest, EsReadWatermark(rels, app_id));
 
+retry:
 	LWLockAcquire(es_shared->lock, LW_EXCLUSIVE);
 	counter = hash_search(es_counters, &key, HASH_FIND, NULL);
 	found = counter != NULL;
-	/* The shared hash table could grow past its size: the setting is the limit. */
-	if (!found && hash_get_num_entries(es_counters) < es_max_applications)
-		counter = hash_search(es_counters, &key, HASH_ENTER_NULL, &found);
+	if (!found)
+	{
+		/* One database cannot take every counter of the server. */
+		if (EsCountersInDatabase(MyDatabaseId) >= es_max_applications_per_database)
+		{
+			LWLockRelease(es_shared->lock);
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("too many applications of this database have been appended to since the server started"),
+					 errdetail("This database holds %d of the server's id counters.",
+							   es_max_applications_per_database),
+					 errhint("A superuser can raise eventsourcing.max_applications_per_database (currently %d) for this database, with ALTER DATABASE ... SET.",
+							 es_max_applications_per_database)));
+		}
+		/* The shared hash table could grow past its size: the setting is the limit. */
+		if (hash_get_num_entries(es_counters) < es_max_applications)
+			counter = hash_search(es_counters, &key, HASH_ENTER_NULL, &found);
+	}
 	if (counter == NULL)
 	{
 		LWLockRelease(es_shared->lock);
+		if (!retried && EsForgetDroppedDatabases())
+		{
+			retried = true;
+			goto retry;
+		}
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("too many applications have been appended to since the server started"),
@@ -333,7 +422,8 @@ EsGetCounter(const EsRelations *rels, int32 app_id)
 
 /*
  * Take `count` consecutive ids.  The caller must insert their tuples and then
- * call EsEndAllocation, also on error.
+ * call EsEndAllocation, also on error.  Refuses ids that would not fit in a
+ * bigint: the counter is a uint64 and keeps room far above them.
  */
 int64
 EsBeginAllocation(EsCounter *counter, int count)
@@ -342,11 +432,21 @@ EsBeginAllocation(EsCounter *counter, int count)
 	uint64		first;
 
 	Assert(pg_atomic_read_u64(&slot->pending) == ES_SLOT_IDLE);
+	Assert(count > 0);
 	slot->counter = counter;
 	pg_write_barrier();
 	pg_atomic_write_u64(&slot->pending, ES_SLOT_ALLOCATING);
 	/* fetch-and-add is a full barrier: "allocating" is seen before the id */
 	first = pg_atomic_fetch_add_u64(&counter->next, (uint64) count);
+	if (first > (uint64) PG_INT64_MAX - (uint64) (count - 1))
+	{
+		/* Never written: the ids are gaps, as after an abort. */
+		pg_atomic_write_u64(&slot->pending, ES_SLOT_IDLE);
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("the notification log of this application is full"),
+				 errdetail("Its next id would be above %lld.", (long long) PG_INT64_MAX)));
+	}
 	pg_atomic_write_u64(&slot->pending, first);
 	return (int64) first;
 }
@@ -387,18 +487,6 @@ EsLowestPending(EsCounter *counter, uint64 *lowest)
 	return true;
 }
 
-/*
- * Rule (a): may a writer still be inserting `id`?  Conservative: a slot of
- * the same application whose first id is <= id counts, whatever its length.
- */
-static bool
-EsIdMayBeInFlight(EsCounter *counter, int64 id)
-{
-	uint64		lowest;
-
-	return !EsLowestPending(counter, &lowest) || lowest <= (uint64) id;
-}
-
 void
 EsGapResolverInit(EsGapResolver *r, const EsRelations *rels, Relation events,
 				  Relation pkey, int32 app_id, Snapshot snapshot)
@@ -423,25 +511,28 @@ EsGapResolverEnd(EsGapResolver *r)
 }
 
 /*
- * Is the missing id `id` a permanent gap for the reader's snapshot?  False
- * means it may still become visible, and the reader must stop before it.
+ * The missing ids [from, to) of the reader's snapshot: returns the first of
+ * them that may still become visible (the reader must stop before it), or
+ * `to` when all are permanent gaps.
  */
-bool
-EsGapIsPermanent(EsGapResolver *r, int64 id)
+int64
+EsGapPermanentUpTo(EsGapResolver *r, int64 from, int64 to)
 {
-	ScanKeyData keys[2];
-	bool		permanent = true;
+	ScanKeyData keys[3];
+	int64		limit = to;
 
+	if (from >= to)
+		return to;
 	if (RecoveryInProgress())
 	{
-		/* No slots on a standby: only ids below the watermark are decidable. */
+		/* No slots on a standby: only ids at or below the watermark are decidable. */
 		if (!r->watermark_known)
 		{
 			r->watermark = EsReadWatermark(r->rels, r->app_id);
 			r->watermark_known = true;
 		}
-		if (id > r->watermark)
-			return false;
+		if (r->watermark < limit)
+			limit = Max(r->watermark + 1, from);
 	}
 	else if (EsSharedMemoryReady())
 	{
@@ -454,24 +545,38 @@ EsGapIsPermanent(EsGapResolver *r, int64 id)
 			r->counter_known = true;
 		}
 		/* No counter: nobody has taken ids of this application since start. */
-		if (r->counter != NULL && EsIdMayBeInFlight(r->counter, id))
-			return false;
-	}
+		if (r->counter != NULL)
+		{
+			uint64		lowest;
 
-	/* Rule (b): what does the tuple itself say? */
+			/* Rule (a): a writer may still be inserting ids from its first on. */
+			if (!EsLowestPending(r->counter, &lowest))
+				return from;
+			if (lowest < (uint64) limit)
+				limit = Max((int64) lowest, from);
+		}
+	}
+	if (limit <= from)
+		return from;
+
+	/* Rule (b): what do the tuples in [from, limit) say? */
 	if (r->scan == NULL)
 	{
-		r->scan = index_beginscan(r->events, r->pkey, SnapshotAny, 2, 0);
+		r->scan = index_beginscan(r->events, r->pkey, SnapshotAny, 3, 0);
 		r->slot = table_slot_create(r->events, NULL);
 	}
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(r->app_id));
-	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
-	index_rescan(r->scan, keys, 2, NULL, 0);
+	ScanKeyInit(&keys[1], 2, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(from));
+	ScanKeyInit(&keys[2], 2, BTLessStrategyNumber, F_INT8LT, Int64GetDatum(limit));
+	index_rescan(r->scan, keys, 3, NULL, 0);
 	while (index_getnext_slot(r->scan, ForwardScanDirection, r->slot))
 	{
 		BufferHeapTupleTableSlot *bslot = (BufferHeapTupleTableSlot *) r->slot;
 		TransactionId xmin;
+		bool		isnull;
+		int64		id;
 
+		CHECK_FOR_INTERRUPTS();
 		LockBuffer(bslot->buffer, BUFFER_LOCK_SHARE);
 		xmin = HeapTupleHeaderGetXmin(bslot->base.tuple->t_data);
 		LockBuffer(bslot->buffer, BUFFER_LOCK_UNLOCK);
@@ -482,12 +587,12 @@ EsGapIsPermanent(EsGapResolver *r, int64 id)
 		if (TransactionIdIsCurrentTransactionId(xmin) ||
 			XidInMVCCSnapshot(xmin, r->snapshot))
 		{
-			permanent = false;
-			break;
+			id = DatumGetInt64(slot_getattr(r->slot, Anum_es_notification_id, &isnull));
+			return id;
 		}
 		/* Ended before the snapshot and still invisible: aborted (or deleted). */
 	}
-	return permanent;
+	return limit;
 }
 
 /*
@@ -541,7 +646,8 @@ EsComputeWatermark(EsCounter *counter)
 	pg_memory_barrier();
 	if (!EsLowestPending(counter, &lowest))
 		return -1;
-	return (int64) Min(next, lowest) - 1;
+	/* A full log's counter is past the last bigint: clamp, never wrap. */
+	return (int64) (Min(Min(next, lowest), (uint64) PG_INT64_MAX + 1) - 1);
 }
 
 /* The initialized counters of a database, for the worker. */
@@ -595,11 +701,11 @@ EsForgetStaleCounters(Oid dboid, Oid keep_relid)
 	LWLockRelease(es_shared->lock);
 }
 
-/* The next id the counter will hand out. */
+/* The next id the counter will hand out (clamped to the last bigint). */
 int64
 EsCounterNext(EsCounter *counter)
 {
-	return (int64) pg_atomic_read_u64(&counter->next);
+	return (int64) Min(pg_atomic_read_u64(&counter->next), (uint64) PG_INT64_MAX);
 }
 
 int64
@@ -613,4 +719,26 @@ int64
 EsReadAnnounced(const EsRelations *rels, int32 app_id)
 {
 	return EsReadWatermarkColumn(rels, app_id, 3);
+}
+
+/* Settings of the ordering protocol. */
+void
+EsOrderingInit(bool preloading)
+{
+	DefineCustomIntVariable("eventsourcing.max_applications_per_database",
+							"Maximum number of applications of one database that can be appended to since server start.",
+							"Each uses one of the server's eventsourcing.max_applications id counters; a superuser sets it per database with ALTER DATABASE ... SET.",
+							&es_max_applications_per_database,
+							256, 1, 1000000,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+	if (!preloading)
+		return;
+	DefineCustomIntVariable("eventsourcing.max_applications",
+							"Maximum number of applications (per cluster) that can be appended to since server start.",
+							"Each application that is appended to uses one id counter in shared memory.",
+							&es_max_applications,
+							1024, 16, 1000000,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
 }

@@ -1,11 +1,13 @@
 /*
  * read.c
  *		The read path: the notification log (es_select), one aggregate's events
- *		(es_events), the log's head and tracking positions.
+ *		(es_events), the log's head and tracking positions, the readable head
+ *		(es_wait, announcements, seals) and the consumer-group filter.
  *
- * es_select walks the primary key (application_id, notification_id) with the
- * caller's snapshot and asks ordering.c about every missing id; it never
- * returns an id above one that could still become visible.
+ * Every reader of the log walks the primary key (application_id,
+ * notification_id) with the caller's snapshot through EsLogScan, which asks
+ * ordering.c about every run of missing ids; it never returns an id above one
+ * that could still become visible.
  */
 #include "postgres.h"
 
@@ -24,7 +26,9 @@
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
-#include "eventsourcing.h"
+#include "access.h"
+#include "common/hashfn.h"
+#include "read.h"
 
 /* The topics filter: a sorted array of text, searched with bsearch. */
 typedef struct EsTopicFilter
@@ -67,10 +71,11 @@ EsParseTopics(FunctionCallInfo fcinfo, int argno, EsTopicFilter *filter)
 	filter->topics = palloc(sizeof(text *) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (nulls[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("topics[%d] must not be NULL", i + 1)));
+					 errmsg("topics[%d] must not be NULL", ARR_LBOUND(arr)[0] + i)));
 		filter->topics[i] = DatumGetTextPP(elems[i]);
 	}
 	filter->n = n;
@@ -86,16 +91,6 @@ EsTopicMatches(const EsTopicFilter *filter, Datum topic)
 		return true;
 	t = DatumGetTextPP(topic);
 	return bsearch(&t, filter->topics, filter->n, sizeof(text *), EsCompareText) != NULL;
-}
-
-static int64
-EsArgInt64(FunctionCallInfo fcinfo, int argno, const char *name)
-{
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be NULL", name)));
-	return PG_GETARG_INT64(argno);
 }
 
 static void
@@ -122,8 +117,6 @@ EsLogScanBegin(EsLogScan *s, const EsRelations *rels, int32 app_id,
 	s->app_id = app_id;
 	s->expected = start;
 	s->collect_gaps = collect_gaps;
-	s->gaps = NULL;
-	s->ngaps = 0;
 	s->events = table_open(rels->events, AccessShareLock);
 	s->pkey = index_open(rels->events_pkey, AccessShareLock);
 	s->snapshot = RegisterSnapshot(GetActiveSnapshot());
@@ -136,37 +129,50 @@ EsLogScanBegin(EsLogScan *s, const EsRelations *rels, int32 app_id,
 	s->slot = table_slot_create(s->events, NULL);
 }
 
+static void
+EsLogScanAddGap(EsLogScan *s, int64 from, int64 to)
+{
+	if (s->ngaps == s->gaps_cap)
+	{
+		s->gaps_cap = Max(16, s->gaps_cap * 2);
+		s->gap_from = s->gap_from ? repalloc(s->gap_from, sizeof(int64) * s->gaps_cap)
+			: palloc(sizeof(int64) * s->gaps_cap);
+		s->gap_to = s->gap_to ? repalloc(s->gap_to, sizeof(int64) * s->gaps_cap)
+			: palloc(sizeof(int64) * s->gaps_cap);
+	}
+	s->gap_from[s->ngaps] = from;
+	s->gap_to[s->ngaps] = to;
+	s->ngaps++;
+}
+
 /* The next event (all attributes deformed in the slot), or NULL at the end. */
 TupleTableSlot *
 EsLogScanNext(EsLogScan *s, int64 *id_out)
 {
 	bool		isnull;
 	int64		id;
+	int64		decided;
 
+	CHECK_FOR_INTERRUPTS();
 	if (s->blocked || !index_getnext_slot(s->scan, ForwardScanDirection, s->slot))
 		return NULL;
 	id = DatumGetInt64(slot_getattr(s->slot, Anum_es_notification_id, &isnull));
 
 	/* The ordering protocol: never pass an id that may still appear. */
-	for (int64 g = s->expected; g < id; g++)
+	decided = EsGapPermanentUpTo(&s->resolver, s->expected, id);
+	if (s->collect_gaps && decided > s->expected)
+		EsLogScanAddGap(s, s->expected, decided);
+	if (decided < id)
 	{
-		if (!EsGapIsPermanent(&s->resolver, g))
-		{
-			s->blocked = true;
-			return NULL;
-		}
-		if (s->collect_gaps)
-		{
-			if (s->ngaps == s->gaps_cap)
-			{
-				s->gaps_cap = Max(16, s->gaps_cap * 2);
-				s->gaps = s->gaps ? repalloc(s->gaps, sizeof(int64) * s->gaps_cap)
-					: palloc(sizeof(int64) * s->gaps_cap);
-			}
-			s->gaps[s->ngaps++] = g;
-		}
+		s->expected = decided;
+		s->blocked = true;
+		return NULL;
 	}
-	s->expected = id + 1;
+	/* The last bigint ends the log. */
+	if (id == PG_INT64_MAX)
+		s->blocked = true;
+	else
+		s->expected = id + 1;
 	slot_getallattrs(s->slot);
 	*id_out = id;
 	return s->slot;
@@ -181,6 +187,66 @@ EsLogScanEnd(EsLogScan *s)
 	UnregisterSnapshot(s->snapshot);
 	index_close(s->pkey, AccessShareLock);
 	table_close(s->events, AccessShareLock);
+}
+
+/*
+ * The highest id a reader can be given now (with the active snapshot), from
+ * `after` on; `after` itself when nothing new is readable.
+ */
+int64
+EsReadableHead(const EsRelations *rels, int32 app_id, int64 after)
+{
+	EsLogScan	scan;
+	int64		id;
+	int64		head = after;
+
+	if (after == PG_INT64_MAX)
+		return after;			/* nothing can come after the last bigint */
+	EsLogScanBegin(&scan, rels, app_id, after + 1, PG_INT64_MAX, false);
+	while (EsLogScanNext(&scan, &id) != NULL)
+		head = id;
+	EsLogScanEnd(&scan);
+	return head;
+}
+
+/* The consumer-group partition of an aggregate: stable across servers. */
+int32
+EsPartition(const pg_uuid_t *originator_id, int32 group_size)
+{
+	return (int32) (hash_bytes(originator_id->data, UUID_LEN) % (uint32) group_size);
+}
+
+static void
+EsCheckGroup(bool has_member, int32 member, bool has_size, int32 size)
+{
+	if (has_member != has_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("group_member and group_size must be given together")));
+	if (!has_size)
+		return;
+	if (size < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("group_size must be positive"),
+				 errdetail("The given group_size is %d.", size)));
+	if (member < 0 || member >= size)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("group_member must be between 0 and group_size - 1"),
+				 errdetail("The given group_member is %d and group_size is %d.", member, size)));
+}
+
+/* es_partition(originator_id uuid, group_size int) RETURNS int */
+PG_FUNCTION_INFO_V1(es_partition);
+Datum
+es_partition(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *originator_id = EsArgUuid(fcinfo, 0, "originator_id");
+	int32		group_size = EsArgInt32(fcinfo, 1, "group_size");
+
+	EsCheckGroup(true, 0, true, group_size);
+	PG_RETURN_INT32(EsPartition(originator_id, group_size));
 }
 
 /*
@@ -199,8 +265,7 @@ es_select(PG_FUNCTION_ARGS)
 	bool		has_stop = !PG_ARGISNULL(3);
 	int64		stop = has_stop ? PG_GETARG_INT64(3) : PG_INT64_MAX;
 	EsTopicFilter filter;
-	EsRelations rels;
-	int32		app_id;
+	EsApp		app;
 	EsLogScan	scan;
 	TupleTableSlot *slot;
 	int64		id;
@@ -228,15 +293,13 @@ es_select(PG_FUNCTION_ARGS)
 		group_size = PG_GETARG_INT32(6);
 	EsCheckGroup(!PG_ARGISNULL(5), group_member, has_group, group_size);
 
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+	EsOpenAppByName(&app, application, ES_PRIV_READ);
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (stop < start)
 		return (Datum) 0;
 
-	EsLogScanBegin(&scan, &rels, app_id, start, stop, false);
+	EsLogScanBegin(&scan, &app.rels, app.id, start, stop, false);
 	while (count < max_count && (slot = EsLogScanNext(&scan, &id)) != NULL)
 	{
 		Datum		values[7];
@@ -276,8 +339,7 @@ es_events(PG_FUNCTION_ARGS)
 	bool		descending = PG_ARGISNULL(4) ? false : PG_GETARG_BOOL(4);
 	int32		max_count = PG_ARGISNULL(5) ? PG_INT32_MAX : PG_GETARG_INT32(5);
 	pg_uuid_t  *originator_id;
-	EsRelations rels;
-	int32		app_id;
+	EsApp		app;
 	Relation	events;
 	Relation	idx;
 	IndexScanDesc scan;
@@ -291,15 +353,13 @@ es_events(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(5))
 		EsCheckMaxCount(max_count);
 
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+	EsOpenAppByName(&app, application, ES_PRIV_READ);
 	InitMaterializedSRF(fcinfo, 0);
 
-	events = table_open(rels.events, AccessShareLock);
-	idx = index_open(rels.events_version_idx, AccessShareLock);
+	events = table_open(app.rels.events, AccessShareLock);
+	idx = index_open(app.rels.events_version_idx, AccessShareLock);
 	snapshot = RegisterSnapshot(GetActiveSnapshot());
-	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app.id));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
 	if (has_gt)
 		ScanKeyInit(&keys[nkeys++], 3, BTGreaterStrategyNumber, F_INT8GT, PG_GETARG_DATUM(2));
@@ -315,6 +375,7 @@ es_events(PG_FUNCTION_ARGS)
 		Datum		values[6];
 		bool		nulls[6] = {false, false, false, false, false, false};
 
+		CHECK_FOR_INTERRUPTS();
 		slot_getallattrs(slot);
 		values[0] = slot->tts_values[Anum_es_originator_id - 1];
 		values[1] = slot->tts_values[Anum_es_originator_version - 1];
@@ -339,18 +400,13 @@ PG_FUNCTION_INFO_V1(es_max_notification_id);
 Datum
 es_max_notification_id(PG_FUNCTION_ARGS)
 {
-	text	   *application = EsArgApplication(fcinfo, 0);
-	EsRelations rels;
-	int32		app_id;
+	EsApp		app;
 	ScanKeyData key;
 	Datum		id;
 
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	EsCheckTablePrivilege(rels.events, ACL_SELECT);
-
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
-	if (!EsLastEventAttr(&rels, rels.events_pkey, GetActiveSnapshot(), &key, 1,
+	EsOpenApp(&app, fcinfo, 0, ES_PRIV_READ);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app.id));
+	if (!EsLastEventAttr(&app.rels, app.rels.events_pkey, GetActiveSnapshot(), &key, 1,
 						 Anum_es_notification_id, &id))
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(id);
@@ -361,9 +417,8 @@ PG_FUNCTION_INFO_V1(es_tracking_position);
 Datum
 es_tracking_position(PG_FUNCTION_ARGS)
 {
-	text	   *application = EsArgApplication(fcinfo, 0);
-	EsRelations rels;
-	int32		app_id;
+	EsApp		app;
+	EsSpi		spi;
 	StringInfoData sql;
 	Oid			argtypes[2] = {INT4OID, TEXTOID};
 	Datum		values[2];
@@ -374,21 +429,21 @@ es_tracking_position(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("upstream_application must not be NULL")));
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	values[0] = Int32GetDatum(app_id);
+	EsOpenApp(&app, fcinfo, 0, ES_PRIV_READ);
+	values[0] = Int32GetDatum(app.id);
 	values[1] = PG_GETARG_DATUM(1);
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT notification_id FROM %s WHERE application_id = $1 AND upstream_application = $2",
-					 EsQualifiedName(&rels, "es_tracking"));
-	SPI_connect();
+					 "SELECT notification_id FROM %s WHERE application_id OPERATOR(pg_catalog.=) $1 "
+					 "AND upstream_application OPERATOR(pg_catalog.=) $2",
+					 EsQualifiedName(&app.rels, "es_tracking"));
+	EsSpiBegin(&spi, &app.rels);
 	if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "eventsourcing: could not read es_tracking");
 	if (SPI_processed == 1)
 		result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	SPI_finish();
+	EsSpiEnd(&spi);
 	if (isnull)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(DatumGetInt64(result));

@@ -18,6 +18,17 @@
  *
  * es_state starts from the latest snapshot at or below the requested version
  * (made with the current fold definitions) and folds only the events after it.
+ *
+ * TRUST
+ *
+ * Fold functions are user code: they run with the rights of whoever calls
+ * es_replay or es_state (unless they are SECURITY DEFINER), only after the
+ * caller's EXECUTE privilege on them is checked, and never in the worker.
+ * Snapshots are written only by these functions (ordinary roles hold no
+ * privilege on es_snapshots), and each records the hash of the event it was
+ * made at: es_state uses a snapshot only while that hash is still the
+ * chain's hash at that version, so an edited log or a planted row is
+ * ignored (with a NOTICE) and the state is folded from the start.
  */
 #include "postgres.h"
 
@@ -46,7 +57,9 @@
 #include "utils/syscache.h"
 #include "utils/typcache.h"
 
-#include "eventsourcing.h"
+#include "access.h"
+#include "mb/pg_wchar.h"
+#include "utils/acl.h"
 
 /* ---------------------------------------------------------------------
  * The mutable document
@@ -404,6 +417,7 @@ EsCompileFold(const char *topic, Jsonb *ops, EsFold *fold)
 		JsonbValue *value;
 		int			k;
 
+		CHECK_FOR_INTERRUPTS();
 		if (tok != WJB_ELEM)
 			continue;
 		op = &fold->ops[i];
@@ -740,6 +754,16 @@ EsCheckFoldFunction(Oid fn)
 				 errdetail("A fold function takes (state jsonb, topic text, event jsonb) and returns jsonb.")));
 }
 
+/* The caller may run the fold function only with EXECUTE on it. */
+static void
+EsCheckFoldExecute(Oid fn)
+{
+	AclResult	aclresult = pg_proc_aclcheck(fn, GetUserId(), ACL_EXECUTE);
+
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_FUNCTION, get_func_name(fn));
+}
+
 /* Loads the application's folds: its declarative folds and fold function. */
 static void
 EsLoadFolds(EsReplay *r, const EsRelations *rels)
@@ -750,6 +774,7 @@ EsLoadFolds(EsReplay *r, const EsRelations *rels)
 	HASHCTL		info;
 	MemoryContext old;
 	bool		isnull;
+	EsSpi		spi;
 
 	info.keysize = ES_MAX_TOPIC_BYTES + 1;
 	info.entrysize = sizeof(EsFold);
@@ -757,9 +782,9 @@ EsLoadFolds(EsReplay *r, const EsRelations *rels)
 	r->folds = hash_create("eventsourcing folds", 16, &info, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	values[0] = Int32GetDatum(r->app_id);
 
-	SPI_connect();
+	EsSpiBegin(&spi, rels);
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT fold_function FROM %s WHERE id = $1",
+	appendStringInfo(&sql, "SELECT fold_function FROM %s WHERE id OPERATOR(pg_catalog.=) $1",
 					 EsQualifiedName(rels, "es_applications"));
 	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "eventsourcing: could not read es_applications");
@@ -772,7 +797,7 @@ EsLoadFolds(EsReplay *r, const EsRelations *rels)
 			r->app_fold_fn = DatumGetObjectId(d);
 	}
 	resetStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT topic, operations FROM %s WHERE application_id = $1",
+	appendStringInfo(&sql, "SELECT topic, operations FROM %s WHERE application_id OPERATOR(pg_catalog.=) $1",
 					 EsQualifiedName(rels, "es_folds"));
 	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "eventsourcing: could not read es_folds");
@@ -789,11 +814,12 @@ EsLoadFolds(EsReplay *r, const EsRelations *rels)
 		EsCompileFold(topic, ops, fold);
 	}
 	MemoryContextSwitchTo(old);
-	SPI_finish();
+	EsSpiEnd(&spi);
 
 	if (OidIsValid(r->app_fold_fn))
 	{
 		EsCheckFoldFunction(r->app_fold_fn);
+		EsCheckFoldExecute(r->app_fold_fn);
 		fmgr_info_cxt(r->app_fold_fn, &r->app_fold, r->cxt);
 	}
 }
@@ -814,6 +840,7 @@ EsReplayBegin(MemoryContext cxt, const EsRelations *rels, int32 app_id,
 	if (OidIsValid(call_fold_fn))
 	{
 		EsCheckFoldFunction(call_fold_fn);
+		EsCheckFoldExecute(call_fold_fn);
 		r->call_fold_fn = call_fold_fn;
 		fmgr_info_cxt(call_fold_fn, &r->call_fold, cxt);
 	}
@@ -841,9 +868,19 @@ EsReplayErrorCallback(void *arg)
 static Jsonb *
 EsParseState(EsReplay *r, bytea *state, const char *topic, int64 version)
 {
-	char	   *text = pnstrdup(VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state));
+	char	   *text;
 	Jsonb	   *result = NULL;
 	MemoryContext cxt = CurrentMemoryContext;
+
+	/* Text in the database's encoding, without NUL bytes, or it never reaches jsonb. */
+	if (!pg_verify_mbstr(GetDatabaseEncoding(), VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state), true))
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("the state of version " INT64_FORMAT " (topic \"%s\") of aggregate %s of application \"%s\" is not valid %s text",
+						version, topic, EsUuidOut(&r->originator_id), r->appname,
+						GetDatabaseEncodingName()),
+				 errhint("Replay reads states as JSON text; bytes that are not text cannot be folded.")));
+	text = pnstrdup(VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state));
 
 	PG_TRY();
 	{
@@ -916,13 +953,21 @@ EsReplayEvent(EsReplay *r, const pg_uuid_t *originator_id, int64 version,
 		FmgrInfo   *fn = OidIsValid(r->call_fold_fn) ? &r->call_fold : &r->app_fold;
 		Jsonb	   *current = EsDocumentToJsonb(r->root);
 		Datum		result;
+		LOCAL_FCINFO(fold_fcinfo, 3);
 
-		result = FunctionCall3Coll(fn, InvalidOid, JsonbPGetDatum(current),
-								   PointerGetDatum(topic), JsonbPGetDatum(event));
-		if (result == (Datum) 0)
+		InitFunctionCallInfoData(*fold_fcinfo, fn, 3, InvalidOid, NULL, NULL);
+		fold_fcinfo->args[0].value = JsonbPGetDatum(current);
+		fold_fcinfo->args[0].isnull = false;
+		fold_fcinfo->args[1].value = PointerGetDatum(topic);
+		fold_fcinfo->args[1].isnull = false;
+		fold_fcinfo->args[2].value = JsonbPGetDatum(event);
+		fold_fcinfo->args[2].isnull = false;
+		result = FunctionCallInvoke(fold_fcinfo);
+		if (fold_fcinfo->isnull)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("the fold function returned NULL")));
+					 errmsg("the fold function %s returned NULL", format_procedure(fn->fn_oid)),
+					 errhint("A fold function returns the new state; return the state unchanged to ignore an event.")));
 		r->root = EsDocumentFromJsonb(DatumGetJsonbPCopy(result));
 	}
 	else if (fold != NULL)
@@ -930,7 +975,10 @@ EsReplayEvent(EsReplay *r, const pg_uuid_t *originator_id, int64 version,
 		Jsonb	   *ev = DatumGetJsonbPCopy(JsonbPGetDatum(event));
 
 		for (int i = 0; i < fold->nops; i++)
+		{
+			CHECK_FOR_INTERRUPTS();
 			r->root = EsApplyOp(r->root, &fold->ops[i], ev, i);
+		}
 	}
 	else
 	{
@@ -953,15 +1001,14 @@ static EsReplay *
 EsReplayStart(FunctionCallInfo fcinfo, Oid call_fold_fn)
 {
 	MemoryContext aggcxt;
-	EsRelations rels;
-	text	   *application = EsArgApplication(fcinfo, 1);
-	int32		app_id;
+	EsApp		app;
 
 	if (!AggCheckCallContext(fcinfo, &aggcxt))
-		elog(ERROR, "eventsourcing: es_replay called in a non-aggregate context");
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	return EsReplayBegin(aggcxt, &rels, app_id, text_to_cstring(application), call_fold_fn);
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("es_replay transition functions must be called by the es_replay aggregate")));
+	EsOpenApp(&app, fcinfo, 1, ES_PRIV_READ);
+	return EsReplayBegin(aggcxt, &app.rels, app.id, app.cname, call_fold_fn);
 }
 
 static EsReplay *
@@ -990,7 +1037,9 @@ EsReplayStep(FunctionCallInfo fcinfo, Oid call_fold_fn)
 	}
 	tupdesc = r->event_desc;
 	if (tupdesc->natts < 4 || tupdesc->natts > 6)
-		elog(ERROR, "eventsourcing: es_replay needs es_stored_event rows");
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("es_replay needs es_stored_event rows")));
 	tuple.t_len = HeapTupleHeaderGetDatumLength(ev);
 	ItemPointerSetInvalid(&tuple.t_self);
 	tuple.t_tableOid = InvalidOid;
@@ -1078,7 +1127,8 @@ EsBumpFoldGeneration(const EsRelations *rels, int32 app_id)
 
 	values[0] = Int32GetDatum(app_id);
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "UPDATE %s SET fold_generation = fold_generation + 1 WHERE id = $1",
+	appendStringInfo(&sql, "UPDATE %s SET fold_generation = fold_generation OPERATOR(pg_catalog.+) 1 "
+					 "WHERE id OPERATOR(pg_catalog.=) $1",
 					 EsQualifiedName(rels, "es_applications"));
 	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "eventsourcing: could not update es_applications");
@@ -1089,13 +1139,12 @@ PG_FUNCTION_INFO_V1(es_define_fold);
 Datum
 es_define_fold(PG_FUNCTION_ARGS)
 {
-	text	   *application = EsArgApplication(fcinfo, 0);
-	EsRelations rels;
-	int32		app_id;
+	EsApp		app;
 	char	   *topic;
 	StringInfoData sql;
 	Oid			argtypes[3] = {INT4OID, TEXTOID, JSONBOID};
 	Datum		values[3];
+	EsSpi		spi;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -1106,77 +1155,88 @@ es_define_fold(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("topic must be 1 to %d bytes", ES_MAX_TOPIC_BYTES)));
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	values[0] = Int32GetDatum(app_id);
+	EsOpenApp(&app, fcinfo, 0, ES_PRIV_ADMIN);
+	PreventCommandIfReadOnly("es_define_fold()");
+	values[0] = Int32GetDatum(app.id);
 	values[1] = PG_GETARG_DATUM(1);
 
-	SPI_connect();
-	initStringInfo(&sql);
-	if (PG_ARGISNULL(2))
-	{
-		appendStringInfo(&sql, "DELETE FROM %s WHERE application_id = $1 AND topic = $2",
-						 EsQualifiedName(&rels, "es_folds"));
-		if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "eventsourcing: could not delete the fold");
-	}
-	else
+	if (!PG_ARGISNULL(2))
 	{
 		EsFold		fold;
 
 		EsCompileFold(topic, PG_GETARG_JSONB_P(2), &fold);	/* checks it */
 		values[2] = PG_GETARG_DATUM(2);
+	}
+	EsSpiBegin(&spi, &app.rels);
+	initStringInfo(&sql);
+	if (PG_ARGISNULL(2))
+	{
+		appendStringInfo(&sql, "DELETE FROM %s WHERE application_id OPERATOR(pg_catalog.=) $1 "
+						 "AND topic OPERATOR(pg_catalog.=) $2",
+						 EsQualifiedName(&app.rels, "es_folds"));
+		if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "eventsourcing: could not delete the fold");
+	}
+	else
+	{
 		appendStringInfo(&sql,
 						 "INSERT INTO %s (application_id, topic, operations) VALUES ($1, $2, $3) "
 						 "ON CONFLICT (application_id, topic) DO UPDATE SET operations = excluded.operations",
-						 EsQualifiedName(&rels, "es_folds"));
+						 EsQualifiedName(&app.rels, "es_folds"));
 		if (SPI_execute_with_args(sql.data, 3, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "eventsourcing: could not record the fold");
 	}
-	EsBumpFoldGeneration(&rels, app_id);
-	SPI_finish();
+	EsBumpFoldGeneration(&app.rels, app.id);
+	EsSpiEnd(&spi);
 	PG_RETURN_VOID();
 }
 
 /*
  * Sets one setting column of an application (NULL when the argument is NULL);
- * a fold setting also makes the application's snapshots stale.
+ * a fold setting also makes the application's snapshots stale.  Needs admin.
  */
 static void
 EsSetApplicationSetting(FunctionCallInfo fcinfo, const char *column, Oid type, bool is_fold)
 {
-	text	   *application = EsArgApplication(fcinfo, 0);
-	EsRelations rels;
-	int32		app_id;
+	EsApp		app;
 	StringInfoData sql;
 	Oid			argtypes[2] = {INT4OID, type};
 	Datum		values[2];
 	char		nulls[2] = {' ', ' '};
+	EsSpi		spi;
 
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	values[0] = Int32GetDatum(app_id);
+	EsOpenApp(&app, fcinfo, 0, ES_PRIV_ADMIN);
+	PreventCommandIfReadOnly("changing an application's settings");
+	values[0] = Int32GetDatum(app.id);
 	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
 	if (PG_ARGISNULL(1))
 		nulls[1] = 'n';
-	SPI_connect();
+	EsSpiBegin(&spi, &app.rels);
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "UPDATE %s SET %s = $2 WHERE id = $1",
-					 EsQualifiedName(&rels, "es_applications"), column);
+	appendStringInfo(&sql, "UPDATE %s SET %s = $2 WHERE id OPERATOR(pg_catalog.=) $1",
+					 EsQualifiedName(&app.rels, "es_applications"), column);
 	if (SPI_execute_with_args(sql.data, 2, argtypes, values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "eventsourcing: could not update es_applications");
 	if (is_fold)
-		EsBumpFoldGeneration(&rels, app_id);
-	SPI_finish();
+		EsBumpFoldGeneration(&app.rels, app.id);
+	EsSpiEnd(&spi);
 }
 
-/* es_set_fold_function(application text, fold regproc) RETURNS void */
+/*
+ * es_set_fold_function(application text, fold regproc) RETURNS void
+ *
+ * The setter needs EXECUTE on the function too; every caller of es_replay and
+ * es_state is checked again, and runs it with its own rights.
+ */
 PG_FUNCTION_INFO_V1(es_set_fold_function);
 Datum
 es_set_fold_function(PG_FUNCTION_ARGS)
 {
 	if (!PG_ARGISNULL(1))
+	{
 		EsCheckFoldFunction(PG_GETARG_OID(1));
+		EsCheckFoldExecute(PG_GETARG_OID(1));
+	}
 	EsSetApplicationSetting(fcinfo, "fold_function", REGPROCEDUREOID, true);
 	PG_RETURN_VOID();
 }
@@ -1204,30 +1264,58 @@ typedef struct EsStateResult
 {
 	Jsonb	   *state;			/* NULL: no events */
 	int64		version;		/* the last version folded */
+	bytea	   *hash;			/* the event hash at that version */
 	int64		folded;			/* events folded after the snapshot */
 	bool		from_snapshot;
 } EsStateResult;
 
+/* The stored hash of one version of an aggregate (active snapshot), or NULL. */
+static bytea *
+EsEventHashAt(const EsRelations *rels, int32 app_id, pg_uuid_t *originator_id, int64 version)
+{
+	ScanKeyData keys[3];
+	Datum		hash;
+
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
+	ScanKeyInit(&keys[2], 3, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(version));
+	if (!EsLastEventAttr(rels, rels->events_version_idx, GetActiveSnapshot(), keys, 3,
+						 Anum_es_event_hash, &hash))
+		return NULL;
+	return DatumGetByteaPP(hash);
+}
+
+static bool
+EsHashesEqual(bytea *a, bytea *b)
+{
+	return a != NULL && b != NULL &&
+		VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
+		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
+}
+
 /*
  * The state of an aggregate at `at_version` (all if < 0): from the latest
- * snapshot of the current fold generation at or below it, plus the events
- * after it.
+ * snapshot of the current fold generation at or below it whose event hash is
+ * the chain's, plus the events after it.
  */
 static EsStateResult
-EsComputeState(const EsRelations *rels, text *application, int32 app_id,
-			   pg_uuid_t *originator_id, int64 at_version, int64 *generation,
-			   int32 *snapshot_every)
+EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
+			   int64 *generation, int32 *snapshot_every)
 {
-	EsStateResult res = {NULL, -1, 0, false};
+	const EsRelations *rels = &app->rels;
+	EsStateResult res = {NULL, -1, NULL, 0, false};
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "es_state", ALLOCSET_DEFAULT_SIZES);
 	MemoryContext tmpcxt = AllocSetContextCreate(CurrentMemoryContext, "es_state event", ALLOCSET_DEFAULT_SIZES);
-	EsReplay   *r = EsReplayBegin(cxt, rels, app_id, text_to_cstring(application), InvalidOid);
+	EsReplay   *r = EsReplayBegin(cxt, rels, app->id, app->cname, InvalidOid);
 	StringInfoData sql;
 	Oid			argtypes[4] = {INT4OID, UUIDOID, INT8OID, INT8OID};
 	Datum		values[4];
 	bool		isnull;
 	int64		after = 0;
 	bool		have_after = false;
+	int64		snap_version = 0;
+	Jsonb	   *snap_state = NULL;
+	bytea	   *snap_hash = NULL;
 	Relation	events;
 	Relation	idx;
 	Snapshot	snapshot;
@@ -1235,12 +1323,13 @@ EsComputeState(const EsRelations *rels, text *application, int32 app_id,
 	ScanKeyData keys[4];
 	int			nkeys = 2;
 	TupleTableSlot *slot;
+	EsSpi		spi;
 
 	/* the application's settings, then the snapshot to start from */
-	SPI_connect();
-	values[0] = Int32GetDatum(app_id);
+	EsSpiBegin(&spi, rels);
+	values[0] = Int32GetDatum(app->id);
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT fold_generation, snapshot_every FROM %s WHERE id = $1",
+	appendStringInfo(&sql, "SELECT fold_generation, snapshot_every FROM %s WHERE id OPERATOR(pg_catalog.=) $1",
 					 EsQualifiedName(rels, "es_applications"));
 	if (SPI_execute_with_args(sql.data, 1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "eventsourcing: could not read es_applications");
@@ -1254,31 +1343,54 @@ EsComputeState(const EsRelations *rels, text *application, int32 app_id,
 	values[3] = Int64GetDatum(at_version < 0 ? PG_INT64_MAX : at_version);
 	resetStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT originator_version, state FROM %s WHERE application_id = $1 AND originator_id = $2 "
-					 "AND fold_generation = $3 AND originator_version <= $4 ORDER BY originator_version DESC LIMIT 1",
+					 "SELECT originator_version, state, event_hash FROM %s "
+					 "WHERE application_id OPERATOR(pg_catalog.=) $1 AND originator_id OPERATOR(pg_catalog.=) $2 "
+					 "AND fold_generation OPERATOR(pg_catalog.=) $3 AND originator_version OPERATOR(pg_catalog.<=) $4 "
+					 "ORDER BY originator_version DESC LIMIT 1",
 					 EsQualifiedName(rels, "es_snapshots"));
 	if (SPI_execute_with_args(sql.data, 4, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "eventsourcing: could not read es_snapshots");
 	if (SPI_processed == 1)
 	{
 		MemoryContext old = MemoryContextSwitchTo(cxt);
+		Datum		h;
 
-		after = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		r->root = EsDocumentFromJsonb(DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)));
-		r->started = true;
-		r->originator_id = *originator_id;
-		r->version = after;
-		have_after = true;
-		res.from_snapshot = true;
+		snap_version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		snap_state = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		h = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+		snap_hash = isnull ? NULL : DatumGetByteaPCopy(h);
 		MemoryContextSwitchTo(old);
 	}
-	SPI_finish();
+	EsSpiEnd(&spi);
+
+	/* A snapshot counts only while it was made at the chain's event. */
+	if (snap_state != NULL)
+	{
+		bytea	   *chain = EsEventHashAt(rels, app->id, originator_id, snap_version);
+
+		if (EsHashesEqual(chain, snap_hash))
+		{
+			r->root = EsDocumentFromJsonb(snap_state);
+			r->started = true;
+			r->originator_id = *originator_id;
+			r->version = snap_version;
+			after = snap_version;
+			have_after = true;
+			res.from_snapshot = true;
+			res.hash = chain;
+		}
+		else
+			ereport(NOTICE,
+					(errmsg("ignoring the snapshot of aggregate %s at version " INT64_FORMAT ": it does not match the recorded events",
+							EsUuidOut(originator_id), snap_version),
+					 errdetail("The snapshot's event hash is not the hash of that version in the log; the state is folded from the first event.")));
+	}
 
 	/* then the events after it */
 	events = table_open(rels->events, AccessShareLock);
 	idx = index_open(rels->events_version_idx, AccessShareLock);
 	snapshot = RegisterSnapshot(GetActiveSnapshot());
-	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app->id));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
 	if (have_after)
 		ScanKeyInit(&keys[nkeys++], 3, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
@@ -1290,13 +1402,17 @@ EsComputeState(const EsRelations *rels, text *application, int32 app_id,
 	while (index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
 		/* Parsing garbage goes to a per-event context; the state lives in cxt. */
-		MemoryContext old = MemoryContextSwitchTo(tmpcxt);
+		MemoryContext old;
 
+		CHECK_FOR_INTERRUPTS();
+		old = MemoryContextSwitchTo(tmpcxt);
 		slot_getallattrs(slot);
 		EsReplayEvent(r, originator_id,
 					  DatumGetInt64(slot->tts_values[Anum_es_originator_version - 1]),
 					  DatumGetTextPP(slot->tts_values[Anum_es_topic - 1]),
 					  DatumGetByteaPP(slot->tts_values[Anum_es_state - 1]));
+		MemoryContextSwitchTo(cxt);
+		res.hash = DatumGetByteaPCopy(slot->tts_values[Anum_es_event_hash - 1]);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(tmpcxt);
 		res.folded++;
@@ -1318,39 +1434,44 @@ EsComputeState(const EsRelations *rels, text *application, int32 app_id,
 
 static void
 EsStoreSnapshot(const EsRelations *rels, int32 app_id, pg_uuid_t *originator_id,
-				int64 version, Jsonb *state, int64 generation)
+				const EsStateResult *res, int64 generation)
 {
 	StringInfoData sql;
-	Oid			argtypes[5] = {INT4OID, UUIDOID, INT8OID, JSONBOID, INT8OID};
-	Datum		values[5];
+	Oid			argtypes[6] = {INT4OID, UUIDOID, INT8OID, JSONBOID, INT8OID, BYTEAOID};
+	Datum		values[6];
+	EsSpi		spi;
 
 	values[0] = Int32GetDatum(app_id);
 	values[1] = UUIDPGetDatum(originator_id);
-	values[2] = Int64GetDatum(version);
-	values[3] = JsonbPGetDatum(state);
+	values[2] = Int64GetDatum(res->version);
+	values[3] = JsonbPGetDatum(res->state);
 	values[4] = Int64GetDatum(generation);
-	SPI_connect();
+	values[5] = PointerGetDatum(res->hash);
+	EsSpiBegin(&spi, rels);
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "INSERT INTO %s (application_id, originator_id, originator_version, state, fold_generation, created_at) "
-					 "VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (application_id, originator_id, originator_version) "
-					 "DO UPDATE SET state = excluded.state, fold_generation = excluded.fold_generation, created_at = excluded.created_at",
+					 "INSERT INTO %s (application_id, originator_id, originator_version, state, fold_generation, created_at, event_hash) "
+					 "VALUES ($1, $2, $3, $4, $5, pg_catalog.now(), $6) ON CONFLICT (application_id, originator_id, originator_version) "
+					 "DO UPDATE SET state = excluded.state, fold_generation = excluded.fold_generation, "
+					 "created_at = excluded.created_at, event_hash = excluded.event_hash",
 					 EsQualifiedName(rels, "es_snapshots"));
-	if (SPI_execute_with_args(sql.data, 5, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_with_args(sql.data, 6, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "eventsourcing: could not store the snapshot");
-	SPI_finish();
+	EsSpiEnd(&spi);
 }
 
-/* es_state(application text, originator_id uuid, at_version bigint) RETURNS jsonb */
+/*
+ * es_state(application text, originator_id uuid, at_version bigint) RETURNS jsonb
+ *
+ * Needs read; stores an automatic snapshot only for callers who may append.
+ */
 PG_FUNCTION_INFO_V1(es_state);
 Datum
 es_state(PG_FUNCTION_ARGS)
 {
-	text	   *application = EsArgApplication(fcinfo, 0);
 	pg_uuid_t  *originator_id;
 	int64		at_version = PG_ARGISNULL(2) ? -1 : PG_GETARG_INT64(2);
-	EsRelations rels;
-	int32		app_id;
+	EsApp		app;
 	int64		generation;
 	int32		every;
 	EsStateResult res;
@@ -1361,45 +1482,38 @@ es_state(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("at_version must not be negative"),
 				 errdetail("The given at_version is " INT64_FORMAT ".", at_version)));
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+	EsOpenApp(&app, fcinfo, 0, ES_PRIV_READ);
 
-	res = EsComputeState(&rels, application, app_id, originator_id, at_version, &generation, &every);
+	res = EsComputeState(&app, originator_id, at_version, &generation, &every);
 	if (res.state == NULL)
 		PG_RETURN_NULL();
 
 	/* Automatic snapshots: when enough events were folded, where we may write. */
-	if (every > 0 && res.folded >= every && at_version < 0 &&
+	if (every > 0 && res.folded >= every && at_version < 0 && res.hash != NULL &&
 		!RecoveryInProgress() && !XactReadOnly &&
-		pg_class_aclcheck(get_relname_relid("es_snapshots", rels.namespace), GetUserId(),
-						  ACL_INSERT | ACL_UPDATE) == ACLCHECK_OK)
-		EsStoreSnapshot(&rels, app_id, originator_id, res.version, res.state, generation);
+		(EsPrivilegesOf(&app.rels, app.id) & ES_PRIV_APPEND))
+		EsStoreSnapshot(&app.rels, app.id, originator_id, &res, generation);
 	PG_RETURN_JSONB_P(res.state);
 }
 
-/* es_snapshot(application text, originator_id uuid) RETURNS bigint */
+/* es_snapshot(application text, originator_id uuid) RETURNS bigint: needs append. */
 PG_FUNCTION_INFO_V1(es_snapshot);
 Datum
 es_snapshot(PG_FUNCTION_ARGS)
 {
-	text	   *application = EsArgApplication(fcinfo, 0);
 	pg_uuid_t  *originator_id;
-	EsRelations rels;
-	int32		app_id;
+	EsApp		app;
 	int64		generation;
 	int32		every;
 	EsStateResult res;
 
 	originator_id = EsArgUuid(fcinfo, 1, "originator_id");
-	EsLookupRelations(&rels);
-	app_id = EsLookupApplication(&rels, application);
-	EsCheckTablePrivilege(rels.events, ACL_SELECT);
+	EsOpenApp(&app, fcinfo, 0, ES_PRIV_APPEND);
 	PreventCommandIfReadOnly("es_snapshot()");
 
-	res = EsComputeState(&rels, application, app_id, originator_id, -1, &generation, &every);
-	if (res.state == NULL)
+	res = EsComputeState(&app, originator_id, -1, &generation, &every);
+	if (res.state == NULL || res.hash == NULL)
 		PG_RETURN_NULL();
-	EsStoreSnapshot(&rels, app_id, originator_id, res.version, res.state, generation);
+	EsStoreSnapshot(&app.rels, app.id, originator_id, &res, generation);
 	PG_RETURN_INT64(res.version);
 }

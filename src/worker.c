@@ -1,22 +1,35 @@
 /*
  * worker.c
- *		The per-database background worker: publishes watermarks.
+ *		The per-database background worker, and only that: watermarks,
+ *		announcements, seals.
  *
  * The first es_append in a database since server start starts one dynamic
- * background worker for that database.  Every eventsourcing.worker_naptime it
- * computes every application's watermark (ordering.c) and, when one has
- * moved, writes it to es_watermarks in a short transaction of its own, with
- * synchronous_commit off: the watermark is only a hint for hot-standby
- * readers, it never holds a writer back, and a lost one is recomputed.
+ * background worker for that database (wakeup.c).  Every
+ * eventsourcing.worker_naptime it computes every application's watermark
+ * (ordering.c) and, when one has moved, writes it to es_watermarks in a short
+ * transaction of its own, with synchronous_commit off: the watermark is only
+ * a hint for hot-standby readers, it never holds a writer back, and a lost
+ * one is recomputed.  Woken by writers' commits, it announces on each
+ * application's NOTIFY channel the highest id readers can now be given.
  *
  * With eventsourcing.seal_interval set, it also seals every application of
- * the database that often (es_seal, integrity.c), and once more before it
- * exits when idle.
+ * the database that often (integrity.c), and once more before it exits when
+ * idle.
  *
  * The worker exits after two idle seconds (so that DROP DATABASE, which waits
  * five seconds for other sessions to leave, is not refused), when the
- * extension is dropped, or on SIGTERM; in every case the next append in the
- * database starts it again.  It forgets the counters of a dropped extension.
+ * extension is dropped (or is at another version than the library), or on
+ * SIGTERM; in every case the next append in the database starts it again.
+ * It forgets the counters of a dropped extension.
+ *
+ * TRUST
+ *
+ * The worker runs as the bootstrap superuser in a database whose owner may
+ * be anybody.  It therefore runs no user code: search_path is pinned to
+ * pg_catalog, pg_temp whatever ALTER DATABASE ... SET says, its few SQL
+ * statements name every table with its schema and every operator as
+ * OPERATOR(pg_catalog.op), sealing is done in C without SQL calls to our
+ * functions, and it never calls fold functions.
  *
  * Being a hint, a watermark may lag; it is never ahead of the truth, because
  * it is computed from the slots before the transaction that writes it, and
@@ -48,20 +61,17 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "eventsourcing.h"
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "follow.h"
+#include "integrity.h"
+#include "read.h"
+#include "utils/rel.h"
+#include "wakeup.h"
 
-#define ES_MAX_DATABASES 256
 /* Below DROP DATABASE's 5 s wait for other sessions to leave. */
 #define ES_WORKER_IDLE_EXIT_MS 2000
-
-typedef struct EsDatabase
-{
-	Oid			dboid;			/* key */
-	bool		worker_requested;	/* protected by es_worker_lock */
-	Latch	   *latch;			/* the worker's, or NULL */
-	pg_atomic_uint32 wakeup_pending;	/* a writer has set the latch */
-	ConditionVariable new_events;	/* es_wait sleeps here */
-} EsDatabase;
 
 typedef struct EsAppWatermark
 {
@@ -72,209 +82,11 @@ typedef struct EsAppWatermark
 	int64		persisted;		/* announced as last written to es_watermarks */
 } EsAppWatermark;
 
-static HTAB *es_databases = NULL;
-static LWLock *es_worker_lock = NULL;
-static EsDatabase *my_database = NULL;	/* cached per backend */
-static void EsEnsureWorker(EsDatabase *db);
-static bool appended_in_xact = false;
-static bool xact_callback_registered = false;
-
 int			es_worker_naptime = 20;
 int			es_seal_interval = 0;
 int			es_notify_interval = 5;
-bool		es_notify = true;
 
 PGDLLEXPORT void es_worker_main(Datum main_arg);
-
-Size
-EsWorkerShmemSize(void)
-{
-	return hash_estimate_size(ES_MAX_DATABASES, sizeof(EsDatabase));
-}
-
-void
-EsWorkerShmemInit(void)
-{
-	HASHCTL		info;
-
-	info.keysize = sizeof(Oid);
-	info.entrysize = sizeof(EsDatabase);
-	es_databases = ShmemInitHash("eventsourcing databases",
-								 ES_MAX_DATABASES, ES_MAX_DATABASES,
-								 &info, HASH_ELEM | HASH_BLOBS);
-	es_worker_lock = &(GetNamedLWLockTranche("eventsourcing"))[1].lock;
-}
-
-static void
-EsStartWorker(Oid dboid)
-{
-	BackgroundWorker worker;
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	/* Never restarted by the postmaster: EsWorkerExit lets the next append do it. */
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	strlcpy(worker.bgw_library_name, "eventsourcing", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "es_worker_main", BGW_MAXLEN);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "eventsourcing worker for database %u", dboid);
-	strlcpy(worker.bgw_type, "eventsourcing worker", BGW_MAXLEN);
-	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
-	worker.bgw_notify_pid = 0;
-	if (!RegisterDynamicBackgroundWorker(&worker, NULL))
-	{
-		LWLockAcquire(es_worker_lock, LW_EXCLUSIVE);
-		my_database->worker_requested = false;
-		LWLockRelease(es_worker_lock);
-		ereport(WARNING,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not start the eventsourcing worker for this database"),
-				 errdetail("Without it, readers on hot standbys cannot pass gaps in the notification log."),
-				 errhint("Raise max_worker_processes.")));
-	}
-}
-
-/* This database's entry in shared memory (NULL if there are too many). */
-static EsDatabase *
-EsMyDatabase(void)
-{
-	if (my_database == NULL && es_databases != NULL)
-	{
-		bool		found;
-
-		LWLockAcquire(es_worker_lock, LW_EXCLUSIVE);
-		my_database = hash_search(es_databases, &MyDatabaseId, HASH_ENTER_NULL, &found);
-		if (my_database != NULL && !found)
-		{
-			my_database->worker_requested = false;
-			my_database->latch = NULL;
-			pg_atomic_init_u32(&my_database->wakeup_pending, 0);
-			ConditionVariableInit(&my_database->new_events);
-		}
-		LWLockRelease(es_worker_lock);
-	}
-	return my_database;
-}
-
-/*
- * At the end of a transaction that appended (committed or aborted: an abort
- * can make later ids readable), wake es_wait sleepers and the worker, which
- * announces what has become readable.  After commit, so the events are
- * visible; never inside the transaction, so no writer waits for anyone.
- */
-static void
-EsXactCallback(XactEvent event, void *arg)
-{
-	EsDatabase *db;
-
-	if (!appended_in_xact)
-		return;
-	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT &&
-		event != XACT_EVENT_PREPARE)
-		return;
-	appended_in_xact = false;
-	db = my_database;
-	if (db == NULL)
-		return;
-	ConditionVariableBroadcast(&db->new_events);
-	/* The worker may have gone idle since we appended: start another. */
-	pg_memory_barrier();
-	if (!db->worker_requested)
-	{
-		EsEnsureWorker(db);
-		return;
-	}
-	if (es_notify && pg_atomic_read_u32(&db->wakeup_pending) == 0 &&
-		pg_atomic_exchange_u32(&db->wakeup_pending, 1) == 0)
-	{
-		Latch	   *latch = db->latch;
-
-		if (latch != NULL)
-			SetLatch(latch);
-	}
-}
-
-/* A rolled-back savepoint that appended may make later ids readable. */
-static void
-EsSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
-				  SubTransactionId parentSubid, void *arg)
-{
-	if (event == SUBXACT_EVENT_ABORT_SUB && appended_in_xact && my_database != NULL)
-		ConditionVariableBroadcast(&my_database->new_events);
-}
-
-/*
- * Called by writers after their tuples are in: makes sure this database's
- * worker runs, and arranges the wake-up at the end of the transaction.
- */
-void
-EsNoteAppend(void)
-{
-	EsDatabase *db = EsMyDatabase();
-
-	if (db == NULL)
-		return;					/* more databases than we track: no worker */
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(EsXactCallback, NULL);
-		RegisterSubXactCallback(EsSubXactCallback, NULL);
-		xact_callback_registered = true;
-	}
-	appended_in_xact = true;
-
-	/* Pairs with the worker's barrier when it withdraws on idle exit. */
-	pg_memory_barrier();
-	EsEnsureWorker(db);
-}
-
-/* Starts the database's worker unless one is running or requested. */
-static void
-EsEnsureWorker(EsDatabase *db)
-{
-	if (!db->worker_requested)
-	{
-		bool		start = false;
-
-		LWLockAcquire(es_worker_lock, LW_EXCLUSIVE);
-		if (!db->worker_requested)
-		{
-			db->worker_requested = true;
-			start = true;
-		}
-		LWLockRelease(es_worker_lock);
-		if (start)
-			EsStartWorker(MyDatabaseId);
-	}
-}
-
-/* The NOTIFY channel of an application: "es:" and its name, or its id if long. */
-char *
-EsChannel(text *application, int32 app_id)
-{
-	Size		len = VARSIZE_ANY_EXHDR(application);
-
-	if (len + 3 < NAMEDATALEN)
-		return psprintf("es:%.*s", (int) len, VARDATA_ANY(application));
-	return psprintf("es:#%d", app_id);
-}
-
-/*
- * The highest id a reader can be given now (with the active snapshot), from
- * `after` on; `after` itself when nothing new is readable.
- */
-int64
-EsReadableHead(const EsRelations *rels, int32 app_id, int64 after)
-{
-	EsLogScan	scan;
-	int64		id;
-	int64		head = after;
-
-	EsLogScanBegin(&scan, rels, app_id, after + 1, PG_INT64_MAX, false);
-	while (EsLogScanNext(&scan, &id) != NULL)
-		head = id;
-	EsLogScanEnd(&scan);
-	return head;
-}
 
 /*
  * Announces, with NOTIFY in the worker's own transaction, the highest id of
@@ -351,7 +163,9 @@ EsPublishWatermarks(HTAB *published, bool *worked, bool tick)
 	EsForgetStaleCounters(MyDatabaseId, installed ? rels.events : InvalidOid);
 	if (installed)
 	{
-		SPI_connect();
+		EsSpi		spi;
+
+		EsSpiBegin(&spi, &rels);
 		for (int i = 0; i < n; i++)
 		{
 			Oid			argtypes[3] = {INT4OID, INT8OID, INT8OID};
@@ -386,7 +200,8 @@ EsPublishWatermarks(HTAB *published, bool *worked, bool tick)
 							 "INSERT INTO %s AS w VALUES ($1, $2, $3) ON CONFLICT (application_id) "
 							 "DO UPDATE SET notification_id = greatest(w.notification_id, excluded.notification_id), "
 							 "announced_id = greatest(w.announced_id, excluded.announced_id) "
-							 "WHERE w.notification_id < excluded.notification_id OR w.announced_id < excluded.announced_id",
+							 "WHERE w.notification_id OPERATOR(pg_catalog.<) excluded.notification_id "
+							 "OR w.announced_id OPERATOR(pg_catalog.<) excluded.announced_id",
 							 EsQualifiedName(&rels, "es_watermarks"));
 			if (SPI_execute_with_args(sql.data, 3, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "eventsourcing: could not publish a watermark");
@@ -394,7 +209,7 @@ EsPublishWatermarks(HTAB *published, bool *worked, bool tick)
 			w->persisted = w->announced;
 			*worked = true;
 		}
-		SPI_finish();
+		EsSpiEnd(&spi);
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -406,14 +221,14 @@ EsPublishWatermarks(HTAB *published, bool *worked, bool tick)
 }
 
 /*
- * Seals every application of this database (es_seal), when
- * eventsourcing.seal_interval is set.  Runs as the worker's superuser.
+ * Seals every application of this database, when eventsourcing.seal_interval
+ * is set: in C, each in its own subtransaction-free pass, as the worker's
+ * superuser (no user code runs).
  */
 static void
 EsSealAll(void)
 {
 	EsRelations rels;
-	StringInfoData sql;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -421,30 +236,53 @@ EsSealAll(void)
 	pgstat_report_activity(STATE_RUNNING, "sealing");
 	if (EsLookupRelationsIfInstalled(&rels))
 	{
-		initStringInfo(&sql);
-		appendStringInfo(&sql, "SELECT %s(name) FROM %s ORDER BY id",
-						 quote_qualified_identifier(get_namespace_name(rels.namespace), "es_seal"),
-						 EsQualifiedName(&rels, "es_applications"));
-		SPI_connect();
-		if (SPI_execute(sql.data, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "eventsourcing: could not seal");
-		SPI_finish();
+		Relation	rel = table_open(rels.applications, AccessShareLock);
+		SysScanDesc scan = systable_beginscan(rel, rels.applications_pkey, true, NULL, 0, NULL);
+		HeapTuple	tuple;
+		int32	   *ids = NULL;
+		text	  **names = NULL;
+		int			n = 0;
+		int			cap = 0;
+
+		while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+		{
+			bool		isnull1;
+			bool		isnull2;
+			Datum		id = heap_getattr(tuple, 1, RelationGetDescr(rel), &isnull1);
+			Datum		name = heap_getattr(tuple, 2, RelationGetDescr(rel), &isnull2);
+
+			CHECK_FOR_INTERRUPTS();
+			if (isnull1 || isnull2)
+				continue;
+			if (n == cap)
+			{
+				cap = Max(16, cap * 2);
+				ids = ids ? repalloc(ids, sizeof(int32) * cap) : palloc(sizeof(int32) * cap);
+				names = names ? repalloc(names, sizeof(text *) * cap) : palloc(sizeof(text *) * cap);
+			}
+			ids[n] = DatumGetInt32(id);
+			names[n] = DatumGetTextPCopy(name);
+			n++;
+		}
+		systable_endscan(scan);
+		table_close(rel, AccessShareLock);
+		for (int i = 0; i < n; i++)
+		{
+			Datum		seal;
+
+			CHECK_FOR_INTERRUPTS();
+			(void) EsSealApplication(&rels, ids[i], names[i], &seal);
+		}
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
-/* However the worker ends, the next append in this database starts another. */
 static void
 EsWorkerExit(int code, Datum arg)
 {
-	if (my_database == NULL)
-		return;
-	LWLockAcquire(es_worker_lock, LW_EXCLUSIVE);
-	my_database->latch = NULL;
-	my_database->worker_requested = false;
-	LWLockRelease(es_worker_lock);
+	EsWorkerDetach();
 }
 
 void
@@ -453,7 +291,6 @@ es_worker_main(Datum main_arg)
 	Oid			dboid = DatumGetObjectId(main_arg);
 	HASHCTL		info;
 	HTAB	   *published;
-	bool		found;
 	TimestampTz idle_since = GetCurrentTimestamp();
 	TimestampTz last_seal = GetCurrentTimestamp();
 	TimestampTz last_round = 0;
@@ -466,17 +303,10 @@ es_worker_main(Datum main_arg)
 
 	/* A hint: never make anyone wait for its flush. */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	/* Whatever the database's settings say: no user code on our path. */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
-	LWLockAcquire(es_worker_lock, LW_EXCLUSIVE);
-	my_database = hash_search(es_databases, &dboid, HASH_ENTER_NULL, &found);
-	if (my_database != NULL)
-	{
-		if (!found)
-			pg_atomic_init_u32(&my_database->wakeup_pending, 0);
-		my_database->worker_requested = true;
-		my_database->latch = MyLatch;
-	}
-	LWLockRelease(es_worker_lock);
+	(void) EsWorkerAttach(dboid, MyLatch);
 
 	info.keysize = sizeof(int32);
 	info.entrysize = sizeof(EsAppWatermark);
@@ -504,8 +334,7 @@ es_worker_main(Datum main_arg)
 			(void) WaitLatch(NULL, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 es_notify_interval - since, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
-		if (my_database != NULL)
-			pg_atomic_write_u32(&my_database->wakeup_pending, 0);
+		EsWorkerWakeupConsumed();
 		last_round = GetCurrentTimestamp();
 		tick = TimestampDifferenceExceeds(last_tick, last_round, es_worker_naptime);
 		if (tick)
@@ -538,7 +367,7 @@ es_worker_main(Datum main_arg)
 			 * us (see EsNoteAppend) has its ids counted by this last round,
 			 * and one that did not starts a new worker.
 			 */
-			EsWorkerExit(0, (Datum) 0);
+			EsWorkerDetach();
 			pg_memory_barrier();
 			(void) EsPublishWatermarks(published, &worked, true);
 			if (es_seal_interval > 0)
@@ -549,11 +378,36 @@ es_worker_main(Datum main_arg)
 	proc_exit(0);
 }
 
-/* The condition variable es_wait sleeps on for this database, or NULL. */
-ConditionVariable *
-EsNewEventsCV(void)
+/* Settings of the worker. */
+void
+EsWorkerInit(void)
 {
-	EsDatabase *db = EsMyDatabase();
-
-	return db ? &db->new_events : NULL;
+	DefineCustomIntVariable("eventsourcing.worker_naptime",
+							"How often, at most, the eventsourcing worker looks for new events when not woken.",
+							NULL,
+							&es_worker_naptime,
+							20, 1, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("eventsourcing.seal_interval",
+							"How often the eventsourcing worker seals every application's log (0: never).",
+							"Seals chain digests of the notification log; see es_seal.",
+							&es_seal_interval,
+							0, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomBoolVariable("eventsourcing.notify",
+							 "Announces new events on each application's NOTIFY channel (from the background worker).",
+							 NULL,
+							 &es_notify,
+							 true,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+	DefineCustomIntVariable("eventsourcing.notify_interval",
+							"The shortest time between two rounds of the eventsourcing worker (announcements are coalesced).",
+							NULL,
+							&es_notify_interval,
+							5, 0, 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
 }

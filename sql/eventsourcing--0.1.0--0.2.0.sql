@@ -1,0 +1,141 @@
+-- eventsourcing 0.1.0 -> 0.2.0: privileges per application, seals with gap
+-- ranges, snapshots bound to the chain, parallel labels.
+\echo Use "ALTER EXTENSION eventsourcing UPDATE" to load this file. \quit
+
+--------------------------------------------------------------------------
+-- Privileges per application
+--------------------------------------------------------------------------
+
+CREATE TABLE @extschema@.es_grants (
+    application_id  integer NOT NULL,
+    grantee         regrole NOT NULL,
+    privilege       text COLLATE "C" NOT NULL
+        CONSTRAINT es_grants_privilege_check CHECK (privilege IN ('read', 'append', 'track', 'verify', 'seal', 'admin', 'create')),
+    granted_by      regrole NOT NULL,
+    granted_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT es_grants_pkey PRIMARY KEY (application_id, grantee, privilege)
+);
+COMMENT ON TABLE @extschema@.es_grants IS
+    'Privileges on applications (application_id 0: every application, and the database-wide create), granted to roles (grantee 0: PUBLIC). Written by es_grant, es_revoke and es_create_application; shown by the view es_privileges.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_grants', '');
+
+-- 0.1.0's table privileges become the same rights on every application, and
+-- then go: from 0.2.0 on only the functions touch the tables.
+DO $migrate$
+DECLARE
+    r record;
+    owner oid := (SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'eventsourcing');
+BEGIN
+    FOR r IN
+        SELECT DISTINCT a.grantee, m.privilege
+        FROM pg_catalog.pg_class c
+        CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a
+        JOIN (VALUES ('es_stored_events', 'SELECT', 'read'),
+                     ('es_stored_events', 'SELECT', 'verify'),
+                     ('es_stored_events', 'INSERT', 'append'),
+                     ('es_tracking', 'UPDATE', 'track'),
+                     ('es_seals', 'INSERT', 'seal'),
+                     ('es_applications', 'INSERT', 'create')) AS m(relname, acl, privilege)
+          ON m.relname = c.relname AND m.acl = a.privilege_type
+        WHERE c.relnamespace = '@extschema@'::regnamespace
+          AND a.grantee <> c.relowner
+    LOOP
+        INSERT INTO @extschema@.es_grants (application_id, grantee, privilege, granted_by)
+        VALUES (0, r.grantee, r.privilege, owner) ON CONFLICT DO NOTHING;
+    END LOOP;
+    FOR r IN
+        SELECT DISTINCT c.oid::regclass AS rel, a.grantee
+        FROM pg_catalog.pg_class c
+        CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a
+        WHERE c.relnamespace = '@extschema@'::regnamespace
+          AND c.relname IN ('es_applications', 'es_stored_events', 'es_tracking', 'es_watermarks',
+                            'es_seals', 'es_folds', 'es_snapshots', 'es_applications_id_seq')
+          AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %s', r.rel,
+            CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.grantee::regrole::text) END);
+    END LOOP;
+END
+$migrate$;
+REVOKE ALL ON @extschema@.es_grants FROM PUBLIC;
+
+COMMENT ON TABLE @extschema@.es_stored_events IS
+    'All recorded events: each in its aggregate''s version sequence and its application''s notification log. Written by es_append only; roles read and append through the functions, with privileges per application (es_grant).';
+COMMENT ON FUNCTION @extschema@.es_create_application(text) IS
+    'Creates an application (its own aggregates and notification log) and makes the caller its admin; creating one that exists and that the caller may see does nothing. Needs the create privilege.';
+
+CREATE FUNCTION @extschema@.es_grant(application text, role text, privilege text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_grant'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_grant(text, text, text) IS
+    'Grants a privilege on an application (read, append, track, verify, seal, admin) to a role or PUBLIC; with a NULL application, on every application and (privilege create) the right to create them, which only the extension''s owner may grant. Needs admin on the application.';
+
+CREATE FUNCTION @extschema@.es_revoke(application text, role text, privilege text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_revoke'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_revoke(text, text, text) IS
+    'Revokes a privilege granted with es_grant (same arguments).';
+
+CREATE FUNCTION @extschema@.es_has_privilege(application text, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'es_has_privilege'
+LANGUAGE C STABLE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_has_privilege(text, text) IS
+    'Whether the current user holds the privilege (NULL: any) on the application (NULL: database-wide); false for an unknown application.';
+
+CREATE VIEW @extschema@.es_privileges WITH (security_barrier) AS
+SELECT a.name AS application,
+       CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::text END AS grantee,
+       g.privilege,
+       g.granted_by::text AS granted_by,
+       g.granted_at
+FROM @extschema@.es_grants g
+LEFT JOIN @extschema@.es_applications a ON a.id = g.application_id
+WHERE CASE WHEN g.application_id = 0
+           THEN g.grantee = 0
+                OR @extschema@.es_has_privilege(NULL, 'admin')
+                OR g.grantee IN (SELECT r.oid FROM pg_catalog.pg_roles r WHERE pg_catalog.pg_has_role(r.oid, 'USAGE'))
+           ELSE @extschema@.es_has_privilege(a.name, NULL) END;
+COMMENT ON VIEW @extschema@.es_privileges IS
+    'Who holds which privilege on which application (NULL: every application), for the applications the current user has a privilege on.';
+GRANT SELECT ON @extschema@.es_privileges TO PUBLIC;
+
+--------------------------------------------------------------------------
+-- Seals keep their gaps as ranges (a gap of any width costs one range)
+--------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.es_gaps_to_ranges(gaps bigint[])
+RETURNS int8multirange LANGUAGE sql IMMUTABLE
+AS $$ SELECT coalesce(pg_catalog.range_agg(pg_catalog.int8range(g, g + 1)), '{}'::pg_catalog.int8multirange)
+      FROM pg_catalog.unnest(gaps) AS g $$;
+ALTER TABLE @extschema@.es_seals ALTER COLUMN gaps TYPE int8multirange
+    USING @extschema@.es_gaps_to_ranges(gaps);
+DROP FUNCTION @extschema@.es_gaps_to_ranges(bigint[]);
+COMMENT ON TABLE @extschema@.es_seals IS
+    'Seals of the notification log: each a SHA-256 digest over the events in (after_notification_id, last_notification_id], chained to the previous seal, with the ids that were permanent gaps then (gaps). Made by es_seal, checked by es_verify_log.';
+
+--------------------------------------------------------------------------
+-- Snapshots record the event hash they were made at (old ones are dropped:
+-- they are a cache, and es_state makes new ones)
+--------------------------------------------------------------------------
+
+DELETE FROM @extschema@.es_snapshots;
+ALTER TABLE @extschema@.es_snapshots ADD COLUMN event_hash bytea NOT NULL;
+COMMENT ON TABLE @extschema@.es_snapshots IS
+    'Snapshots of aggregates'' states, written by es_state and es_snapshot only; used by es_state when made with the current fold definitions (fold_generation) and while event_hash is still the hash of that version in the log.';
+
+--------------------------------------------------------------------------
+-- Functions that take fresh snapshots or write cannot run in parallel mode
+--------------------------------------------------------------------------
+
+ALTER FUNCTION @extschema@.es_select(text, bigint, integer, bigint, text[], integer, integer) PARALLEL UNSAFE;
+ALTER FUNCTION @extschema@.es_events(text, uuid, bigint, bigint, boolean, integer) PARALLEL UNSAFE;
+ALTER FUNCTION @extschema@.es_max_notification_id(text) PARALLEL UNSAFE;
+ALTER FUNCTION @extschema@.es_tracking_position(text, text) PARALLEL UNSAFE;
+ALTER FUNCTION @extschema@.es_head(text, uuid) PARALLEL UNSAFE;
+ALTER FUNCTION @extschema@.es_verify(text, uuid, bytea) PARALLEL UNSAFE;
+ALTER FUNCTION @extschema@.es_verify_log(text) PARALLEL UNSAFE;
+ALTER FUNCTION @extschema@.es_channel(text) PARALLEL UNSAFE;
+ALTER FUNCTION @extschema@.es_wait(text, bigint, integer) PARALLEL UNSAFE;
