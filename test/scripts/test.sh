@@ -71,6 +71,24 @@ for t in "$ROOT"/test/client/test_*.py; do
     [ "$bad" -eq 0 ] || FAILURES+=("$name")
 done
 
+# --- upgrade test ---
+# 0.1.0 (from git history) with data, ALTER EXTENSION UPDATE, compared with a
+# fresh install; its own private copy of PostgreSQL and cluster (port 54318).
+if [ -f "$ROOT/test/upgrade/upgrade_test.sh" ]; then
+    log "upgrade test"
+    set +e
+    bash "$ROOT/test/upgrade/upgrade_test.sh" >"$OUT/upgrade.log" 2>&1
+    rc=$?
+    set -e
+    cat "$OUT/upgrade.log"
+    ok=$(grep -cE '^ok [0-9]+' "$OUT/upgrade.log" || true)
+    bad=$(grep -cE '^not ok [0-9]+' "$OUT/upgrade.log" || true)
+    if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
+    PASSED=$((PASSED + ok)); FAILED=$((FAILED + bad))
+    [ "$bad" -eq 0 ] || FAILURES+=(upgrade)
+fi
+# --- end of upgrade test ---
+
 # --- TAP tests: their own clusters (stress, standby, crash) -------------------
 if ls "$ROOT"/test/t/*.pl >/dev/null 2>&1; then
     log "TAP tests"
