@@ -158,4 +158,5 @@ SELECT es_revoke(a.name, g.grantee::text, g.privilege)
 FROM es_grants g JOIN es_applications a ON a.id = g.application_id
 WHERE g.grantee::text LIKE 'es_test_%';
 SELECT es_revoke(NULL, 'es_test_creator', 'create');
+SELECT es_revoke('mine', 'public', 'verify');
 DROP ROLE es_test_nobody, es_test_reader, es_test_writer, es_test_creator, es_test_member, es_test_admin;
