@@ -77,7 +77,7 @@ EsReadExtension(void)
 	EsExtensionRow row = {false, InvalidOid, InvalidOid, NULL};
 
 	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
-				CStringGetDatum("eventsourcing"));
+				CStringGetDatum(ES_EXTENSION_NAME));
 	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
 	tuple = systable_getnext(scan);
 	if (HeapTupleIsValid(tuple))

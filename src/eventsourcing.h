@@ -17,16 +17,17 @@
  *	worker.c		the per-database background worker, and only that
  *	replay.c		es_replay, the fold language, es_state, snapshots
  *
- * The include graph: eventsourcing.h <- catalog.h <- access.h, ordering.h,
- * integrity.h <- read.h; wakeup.h, follow.h stand alone.  No header includes
- * a header that includes it back.
+ * The include graph: catalog.h includes eventsourcing.h; access.h,
+ * integrity.h and ordering.h include catalog.h; read.h includes ordering.h;
+ * wakeup.h and follow.h include only eventsourcing.h.  No cycles.
  */
 #ifndef EVENTSOURCING_H
 #define EVENTSOURCING_H
 
 #include "postgres.h"
 
-/* The release this library implements: the catalog must be at it. */
+/* The extension's name, and the release this library implements: the catalog must be at it. */
+#define ES_EXTENSION_NAME			"eventsourcing"
 #define ES_VERSION					"0.2.0"
 
 /* Limits on user input, enforced with clear errors. */

@@ -11,10 +11,19 @@ The module creates (and afterwards drops) its own database, es_fuzz, and two
 roles, es_fuzz_role (LOGIN, never a superuser: admin on fuzz_a and fuzz_b,
 read on fuzz_ro, nothing on fuzz_hidden, and the database-wide create) and
 es_fuzz_other (a grantee).  The fuzzer draws ES_FUZZ_CALLS calls (default
-2500, a few seconds) from a random.Random seeded with ES_FUZZ_SEED (default:
+2200, about six seconds) from a random.Random seeded with ES_FUZZ_SEED (default:
 fixed, printed at the start), so a failure reproduces with the same seed.
 Each call runs as es_fuzz_role in its own transaction (autocommit; never a
-rollback of a successful append), a few in read-only transactions.
+rollback of a successful append), a few in read-only, REPEATABLE READ or
+SERIALIZABLE transactions.  The functions called: every es_append form,
+es_select and es_events with every optional argument (positional and named),
+es_max_notification_id, es_tracking_position, es_head, es_verify, es_seal,
+es_verify_log, es_channel, es_wait (small timeouts, and some that only
+statement_timeout ends), es_partition, the three es_replay forms (plain,
+ORDER BY, FILTER, as window functions, GROUP BY; rows from es_events or made
+up), es_define_fold, es_set_fold_function, es_set_snapshot_every, es_state,
+es_snapshot, es_create_application, es_grant, es_revoke, es_has_privilege,
+and the trigger function es_append_only_guard() called directly.
 
 What must hold, whatever the arguments:
 
@@ -35,12 +44,16 @@ What must hold, whatever the arguments:
    append are exactly the next ones (highest id handed out + 1, ...), and at
    the end one more append to every application gets highest + 1;
 5. the role never runs a function it has no EXECUTE privilege on (the fold
-   function es_fuzz_fold_secret announces itself with a NOTICE).
+   function es_fuzz_fold_secret announces itself with a NOTICE), and fold
+   functions run as the role (es_fuzz_fold says as whom).
 
 ES_FUZZ_NO_DEEP_PATHS=1 leaves out fold paths of 120000 segments (which crash
-the server as of this writing: es_state folding a "set" on such a path
-recurses without a stack check), to explore past that bug; the default keeps
-them.
+the server as of this writing: folding any operation on such a path builds a
+document that EsNodePush serializes recursively, without check_stack_depth),
+to explore past that bug; the default keeps them.  ES_FUZZ_VERBOSE=1 prints
+every call with its outcome, and an example message for each SQLSTATE.
+The summary (calls, successes, errors by SQLSTATE) is printed after unittest's
+result line, which test/scripts/test.sh counts.
 """
 
 import collections
@@ -66,7 +79,7 @@ APP_A, APP_B, APP_RO, APP_HIDDEN = "fuzz_a", "fuzz_b", "fuzz_ro", "fuzz_hidden"
 CORE_APPS = [APP_A, APP_B, APP_RO, APP_HIDDEN]
 
 DEFAULT_SEED = 20240601
-DEFAULT_CALLS = 2500
+DEFAULT_CALLS = 2200
 # A backstop only: the run stops early (and says so) past this many seconds.
 MAX_SECONDS = float(os.environ.get("ES_FUZZ_MAX_SECONDS", "60"))
 NO_DEEP_PATHS = os.environ.get("ES_FUZZ_NO_DEEP_PATHS", "") not in ("", "0")
@@ -224,7 +237,7 @@ class Fuzzer:
             ("wait", 2), ("partition", 1), ("replay", 8), ("define_fold", 5),
             ("set_fold_function", 3), ("set_snapshot_every", 2), ("state", 6), ("snapshot", 3),
             ("create_application", 2), ("grant", 2), ("revoke", 2), ("has_privilege", 1),
-            ("direct", 1),
+            ("direct", 1), ("wait_cancelled", 0.2),
         ]
         self.kind_names = [k for k, _ in self.kinds]
         self.kind_weights = [w for _, w in self.kinds]
@@ -404,8 +417,6 @@ class Fuzzer:
 
     def path(self, good: bool):
         rng = self.rng
-        if not NO_DEEP_PATHS and rng.random() < 0.05:
-            return DEEP_PATH
         if good or rng.random() < 0.5:
             return rng.choice(PATHS_GOOD)
         return rng.choice(PATHS_HOSTILE)
@@ -417,6 +428,11 @@ class Fuzzer:
             return None
         if r < 0.16:
             return rng.choice(OPERATIONS_NON_ARRAY)
+        if r < 0.21 and not NO_DEEP_PATHS:
+            # one valid operation on a path of 120000 segments
+            op = rng.choice(["set", "append", "add", "merge", "delete"])
+            return dump_json([{"op": op, "path": DEEP_PATH, "value": 1}] if op != "delete"
+                             else [{"op": op, "path": DEEP_PATH}])
         ops = []
         for _ in range(rng.choice([1, 1, 2, 2, 3, 4])):
             op: Dict[str, Any] = {}
@@ -454,17 +470,20 @@ class Fuzzer:
 
     # --- calls --------------------------------------------------------------
 
-    def render(self, fname: str, required, optional=(), srf=False) -> Arg:
+    def render(self, fname: str, required, optional=(), srf=False,
+               mandatory_optional=False) -> Arg:
         """fname(...) with the required arguments and some of the optional
-        ones, in positional or named notation."""
+        ones (all with mandatory_optional), in positional or named notation."""
         rng = self.rng
         style = rng.random()
         if style < 0.5 or not optional and style < 0.9:
-            use = list(required) + list(optional[:rng.randint(0, len(optional))])
+            k = len(optional) if mandatory_optional else rng.randint(0, len(optional))
+            use = list(required) + list(optional[:k])
             args = [a for _, a in use]
             template = ", ".join("{}" for _ in args)
         else:
-            use = list(required) + [o for o in optional if rng.random() < 0.5]
+            use = list(required) + [o for o in optional
+                                    if mandatory_optional or rng.random() < 0.5]
             if style > 0.8:
                 rng.shuffle(use)
                 template = ", ".join("%s => {}" % name for name, _ in use)
@@ -615,15 +634,17 @@ class Fuzzer:
             after = lit(rng.choice([None, -1, -2**63, 0, 1, h - 1, h, h + 1, 2**63 - 1, 2**62]),
                         "bigint")
             opt = [("timeout_ms", lit(rng.choice([0, 1, 5, 20, -1, -2**31, None]), "integer"))]
-        a = self.render("es_wait", [("application", lit(app, "text")), ("after", after)])
-        if opt:
-            # always give the timeout (positionally or by name): never the 10 s default by chance
-            name, t = opt[0]
-            if self.chance(0.5):
-                a = expr("SELECT es_wait({}, {}, {})", lit(app, "text"), after, t)
-            else:
-                a = expr("SELECT es_wait({}, {}, timeout_ms => {})", lit(app, "text"), after, t)
+        # the timeout given (positionally or by name) unless the default cannot block
+        a = self.render("es_wait", [("application", lit(app, "text")), ("after", after)],
+                        opt, mandatory_optional=bool(opt))
         return Call("es_wait", a, app)
+
+    def c_wait_cancelled(self) -> Call:
+        """A wait that only statement_timeout (50 ms) ends."""
+        app = self.rng.choice([APP_A, APP_B, APP_RO])
+        a = expr("SELECT es_wait({}, {}, {})", lit(app, "text"), lit(2**62, "bigint"),
+                 lit(self.rng.choice([2**31 - 1, 60000]), "integer"))
+        return Call("es_wait (cancelled)", a, app, statement_timeout=50)
 
     def c_partition(self) -> Call:
         a = self.render("es_partition", [("originator_id", self.uuid()),
@@ -709,7 +730,7 @@ class Fuzzer:
         a = self.render("es_define_fold", [("application", lit(app, "text")),
                                            ("topic", lit(topic, "text")),
                                            ("operations", lit(ops, "jsonb"))])
-        return Call("es_define_fold", a, app)
+        return Call("es_define_fold", a, app, topic=topic)
 
     def c_set_fold_function(self) -> Call:
         app = self.app_value(self.chance(0.6))
@@ -801,10 +822,14 @@ SELECT
 """
 
 SETUP_SQL = """
-CREATE FUNCTION es_fuzz_fold(s jsonb, t text, e jsonb) RETURNS jsonb LANGUAGE sql AS
-$$ SELECT CASE WHEN jsonb_typeof(s) = 'object' THEN s ELSE '{}' END
-          || jsonb_build_object('last', t)
-          || CASE WHEN jsonb_typeof(e) = 'object' THEN e ELSE '{}' END $$;
+-- says who runs it: always the caller, never the extension's owner
+CREATE FUNCTION es_fuzz_fold(s jsonb, t text, e jsonb) RETURNS jsonb LANGUAGE plpgsql AS
+$$ BEGIN
+     RAISE NOTICE 'es_fuzz_fold runs as %', current_user;
+     RETURN CASE WHEN jsonb_typeof(s) = 'object' THEN s ELSE '{}' END
+            || jsonb_build_object('last', t)
+            || CASE WHEN jsonb_typeof(e) = 'object' THEN e ELSE '{}' END;
+   END $$;
 CREATE FUNCTION es_fuzz_fold_secret(s jsonb, t text, e jsonb) RETURNS jsonb LANGUAGE plpgsql AS
 $$ BEGIN RAISE NOTICE 'es_fuzz_secret_ran as %', current_user; RETURN s; END $$;
 REVOKE EXECUTE ON FUNCTION es_fuzz_fold_secret(jsonb, text, jsonb) FROM PUBLIC;
@@ -816,11 +841,16 @@ CREATE FUNCTION es_fuzz_fold_scalar(s jsonb, t text, e jsonb) RETURNS jsonb LANG
 $$ SELECT CASE length(t) % 3 WHEN 0 THEN '5'::jsonb WHEN 1 THEN '"str"' ELSE '[1, [2]]' END $$;
 CREATE FUNCTION es_fuzz_fold_deep(s jsonb, t text, e jsonb) RETURNS jsonb LANGUAGE sql AS
 $$ SELECT (repeat('{"a":', 5000) || '1' || repeat('}', 5000))::jsonb $$;
+-- re-enters es_state (a few times per transaction: unbounded, it would only
+-- spend seconds reaching max_stack_depth)
 CREATE FUNCTION es_fuzz_fold_recurse(s jsonb, t text, e jsonb) RETURNS jsonb LANGUAGE plpgsql AS
-$$ BEGIN
+$$ DECLARE d int := coalesce(nullif(current_setting('es_fuzz.depth', true), ''), '0')::int;
+   BEGIN
+     IF d >= 4 THEN RETURN s; END IF;
+     PERFORM set_config('es_fuzz.depth', (d + 1)::text, true);
      RETURN jsonb_build_object('inner',
               (SELECT es_state('fuzz_a', originator_id) FROM es_select('fuzz_a', 1, 1)),
-              'max', es_max_notification_id('fuzz_b'));
+              'max', es_max_notification_id('fuzz_b'), 'depth', d);
    END $$;
 CREATE FUNCTION es_fuzz_fold_wrong(s jsonb, t text) RETURNS jsonb LANGUAGE sql AS
 $$ SELECT s $$;
@@ -840,6 +870,12 @@ class FuzzTest(unittest.TestCase):
             raise RuntimeError("set ES_TEST_DSN to a libpq connection string, "
                                "e.g. 'host=/path/socket port=54325 user=postgres dbname=postgres'")
         cls.admin_dsn = admin_dsn
+        cls.lines = []
+        cls.seed = int(os.environ.get("ES_FUZZ_SEED", DEFAULT_SEED))
+        cls.n_calls = int(os.environ.get("ES_FUZZ_CALLS", DEFAULT_CALLS))
+        print("fuzz seed %d (ES_FUZZ_SEED), %d calls (ES_FUZZ_CALLS)%s"
+              % (cls.seed, cls.n_calls, ", no deep paths" if NO_DEEP_PATHS else ""),
+              file=sys.stderr, flush=True)
         params = conninfo_to_dict(admin_dsn)
         params["dbname"] = TEST_DB
         cls.dsn = make_conninfo(**params)
@@ -890,6 +926,10 @@ class FuzzTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        if not VERBOSE:
+            for line in cls.lines:
+                print(line, file=sys.stderr)
+        sys.stderr.flush()
         wait_for_server(cls.admin_dsn)
         cls.drop_everything()
 
@@ -907,8 +947,17 @@ class FuzzTest(unittest.TestCase):
         return {"apps": apps, "tracking": tracking, "digests": tuple(digests)}
 
     def fail_soft(self, message: str):
-        print("FAIL: " + message, flush=True)
+        self.report("FAIL: " + message)
         self.failures.append(message)
+
+    @classmethod
+    def report(cls, line: str):
+        """Kept for tearDownClass, so that nothing comes between unittest's
+        "test ... " and its "ok" (test.sh counts those lines); printed at
+        once with ES_FUZZ_VERBOSE."""
+        cls.lines.append(line)
+        if VERBOSE:
+            print(line, file=sys.stderr, flush=True)
 
     def superuser_append(self, app: str, n: int, topic_cycle=("T1", "T2", "Fold", "Secret")):
         ids = []
@@ -945,16 +994,13 @@ class FuzzTest(unittest.TestCase):
         # results stay text: json nested 10000 deep is beyond Python's json
         for t in ("json", "jsonb"):
             conn.adapters.register_loader(t, TextLoader)
-        print("role connection: %s" % how)
+        self.report("role connection: %s" % how)
         return conn
 
     # --- the test -------------------------------------------------------------
 
     def test_no_crash_no_internal_error_nothing_written(self):
-        seed = int(os.environ.get("ES_FUZZ_SEED", DEFAULT_SEED))
-        n_calls = int(os.environ.get("ES_FUZZ_CALLS", DEFAULT_CALLS))
-        print("\nfuzz seed %d (ES_FUZZ_SEED), %d calls (ES_FUZZ_CALLS)%s"
-              % (seed, n_calls, ", no deep paths" if NO_DEEP_PATHS else ""), flush=True)
+        seed, n_calls = self.seed, self.n_calls
         rng = random.Random(seed)
         self.fz = fz = Fuzzer(rng)
         self.failures: List[str] = []
@@ -988,12 +1034,17 @@ class FuzzTest(unittest.TestCase):
         kinds = collections.Counter()
         bad_errors = collections.Counter()
         slowest: List[tuple] = []
+        examples: Dict[Any, str] = {}
+        fold_runs = 0
         call_time = check_time = 0.0
+        history: collections.deque = collections.deque(maxlen=12)
+        settings: Dict[tuple, str] = {}
         oks = collections.Counter()
         sqlstates = collections.Counter()
         refused_since: Dict[Any, List[str]] = collections.defaultdict(list)
         gap_ok: set = set()
         read_only = False
+        isolation = "read committed"
         crashed = None
         before = self.snapshot()
         t0 = time.monotonic()
@@ -1001,7 +1052,8 @@ class FuzzTest(unittest.TestCase):
 
         for i in range(n_calls):
             if time.monotonic() - t0 > MAX_SECONDS:
-                print("stopping after %d calls: over ES_FUZZ_MAX_SECONDS=%s" % (i, MAX_SECONDS))
+                self.report("stopping after %d calls: over ES_FUZZ_MAX_SECONDS=%s"
+                            % (i, MAX_SECONDS))
                 break
             if i and i % 200 == 0:
                 self.restore_grants()      # the role may have revoked its own admin
@@ -1010,13 +1062,23 @@ class FuzzTest(unittest.TestCase):
             if want_ro != read_only:
                 role.execute("SET default_transaction_read_only = %s" % ("on" if want_ro else "off"))
                 read_only = want_ro
+            r = rng.random()
+            want_iso = "serializable" if r < 0.05 else "repeatable read" if r < 0.1 else \
+                "read committed"
+            if want_iso != isolation:
+                role.execute("SET default_transaction_isolation = '%s'" % want_iso)
+                isolation = want_iso
             call = fz.next_call()
             counts[call.kind] += 1
             kinds[call.fkind] += 1
             done += 1
-            label = "call #%d (seed %d)%s: %s" % (i, seed, " [read only]" if read_only else "",
+            label = "call #%d (seed %d)%s%s: %s" % (i, seed, " [read only]" if read_only else "",
+                                                   "" if isolation == "read committed"
+                                                   else " [%s]" % isolation,
                                                  call.desc)
             notices.clear()
+            if "statement_timeout" in call.meta:
+                role.execute("SET statement_timeout = %d" % call.meta["statement_timeout"])
             t_call = time.monotonic()
             try:
                 rows = role.execute(call.sql, call.params).fetchall()
@@ -1025,9 +1087,12 @@ class FuzzTest(unittest.TestCase):
                 rows = None
                 error = e
             t_call = time.monotonic() - t_call
+            if "statement_timeout" in call.meta and not role.broken:
+                role.execute("SET statement_timeout = '3s'")
             if VERBOSE:
                 print("#%d %.3fs %s -> %s" % (i, t_call, call.desc[:400],
-                                              error.sqlstate if error else "ok"), flush=True)
+                                              error.sqlstate if error else "ok"),
+                      file=sys.stderr, flush=True)
             slowest.append((t_call, "#%d %s -> %s" % (i, call.desc[:200],
                                                       error.sqlstate if error else "ok")))
             slowest.sort(key=lambda x: -x[0])
@@ -1035,15 +1100,28 @@ class FuzzTest(unittest.TestCase):
             for n in notices:
                 if "es_fuzz_secret_ran" in n:
                     self.fail_soft("%s\n  ran es_fuzz_fold_secret without EXECUTE: %s" % (label, n))
+                if n.startswith("es_fuzz_fold runs as "):
+                    fold_runs += 1
+                if n.startswith("es_fuzz_fold runs as ") and n != "es_fuzz_fold runs as " + ROLE:
+                    self.fail_soft("%s\n  a fold function ran as another role: %s" % (label, n))
 
+            history.append("#%d %s -> %s" % (i, call.desc[:300],
+                                             error.sqlstate if error else "ok"))
             if error is not None:
                 state = error.sqlstate
-                sqlstates[state or "client"] += 1
-                msg = (error.diag.message_primary or str(error)).splitlines()[0][:300]
                 if role.broken or role.closed:
-                    crashed = "%s\n  the connection was lost: %s" % (label, str(error).strip())
+                    sqlstates["connection lost"] += 1
+                    crashed = ("%s\n  the connection was lost: %s\n  the calls before it:\n    %s"
+                               "\n  the fold settings made so far (the latest per topic):\n    %s"
+                               % (label, str(error).strip().splitlines()[0],
+                                  "\n    ".join(list(history)[:-1]),
+                                  "\n    ".join(v for _, v in sorted(settings.items(), key=str))
+                                  or "(none)"))
                     self.fail_soft(crashed)
                     break
+                sqlstates[state or "client"] += 1
+                msg = (error.diag.message_primary or str(error)).splitlines()[0][:300]
+                examples.setdefault(state, "%s: %s" % (call.kind, msg[:120]))
                 bad = None
                 if state is None:
                     bad = "client-side error (fuzzer bug?): %r" % error
@@ -1065,6 +1143,9 @@ class FuzzTest(unittest.TestCase):
                 del refused_since[call.app][:-20]
             else:
                 oks[call.kind] += 1
+                if call.kind in ("es_define_fold", "es_set_fold_function", "es_set_snapshot_every"):
+                    settings[(call.kind, call.app, call.meta.get("topic"))] = \
+                        "#%d %s" % (i, call.desc[:300])
 
             t_check = time.monotonic()
             try:
@@ -1104,15 +1185,19 @@ class FuzzTest(unittest.TestCase):
         if now_started != started:
             self.fail_soft("the postmaster restarted: %s, then %s" % (started, now_started))
 
-        print("fuzzed %d calls in %.1f s (%.1f s in the calls, %.1f s checking): "
+        self.report("fuzzed %d calls in %.1f s (%.1f s in the calls, %.1f s checking): "
               "%d succeeded, %d failed" % (done, elapsed, call_time, check_time,
                                            sum(oks.values()), sum(sqlstates.values())))
-        print("errors by SQLSTATE: " + ", ".join("%s %d" % kv for kv in sorted(sqlstates.items())))
-        print("calls/successes by function: " + ", ".join(
+        self.report("errors by SQLSTATE: " + ", ".join("%s %d" % kv for kv in sorted(sqlstates.items())))
+        self.report("calls/successes by function: " + ", ".join(
             "%s %d/%d" % (k, counts[k], oks[k]) for k in sorted(counts)))
-        print("slowest calls: " + "; ".join("%.2f s %s" % x for x in slowest))
+        if VERBOSE:
+            for state in sorted(examples, key=str):
+                self.report("  %s e.g. %s" % (state, examples[state]))
+        self.report("es_fuzz_fold ran %d times, always as %s" % (fold_runs, ROLE))
+        self.report("slowest calls: " + "; ".join("%.2f s %s" % x for x in slowest))
         for (kind, state, msg), n in sorted(bad_errors.items(), key=str):
-            print("bad error %dx: %s: %s %s" % (n, kind, state, msg))
+            self.report("bad error %dx: %s: %s %s" % (n, kind, state, msg))
         never = [k for k in fz.kind_names if kinds[k] == 0]
         if never and crashed is None and done == n_calls:
             self.fail_soft("never called: %s" % ", ".join(never))
@@ -1191,7 +1276,7 @@ class FuzzTest(unittest.TestCase):
                                % (name, nid, h + 1,
                                   "\n    ".join(refused_since.get(name, [])) or "(none)"))
             fz.highest[name] = nid
-        print("final appends: %d applications, each got the next id%s"
+        self.report("final appends: %d applications, each got the next id%s"
               % (checked, " (gaps allowed after interruptions: %s)" % sorted(gap_ok) if gap_ok else ""))
 
 

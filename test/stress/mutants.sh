@@ -37,15 +37,15 @@ mutate() {
     local m=$1 f=$2
     case $m in
         ignore_gaps)
-            perl -0pi -e 's/(EsGapIsPermanent\(EsGapResolver \*r, int64 id\)\n\{\n)/$1\treturn true;\n/' "$f" ;;
+            perl -0pi -e 's/(EsGapPermanentUpTo\(EsGapResolver \*r, int64 from, int64 to\)\n\{\n)/$1\treturn to;\n/' "$f" ;;
         no_snapshot)
             perl -0pi -e 's/TransactionIdIsCurrentTransactionId\(xmin\) \|\|\n\t\t\tXidInMVCCSnapshot\(xmin, r->snapshot\)/TransactionIdIsCurrentTransactionId(xmin)/' "$f" ;;
         no_slots)
-            perl -0pi -e 's/(EsIdMayBeInFlight\(EsCounter \*counter, int64 id\)\n\{\n)/$1\treturn false;\n/' "$f" ;;
+            perl -0pi -e 's/\t\tif \(r->counter != NULL\)\n\t\t\{\n\t\t\tuint64\t\tlowest;/\t\tif (false)\n\t\t{\n\t\t\tuint64\t\tlowest;/' "$f" ;;
         no_watermark)
-            perl -0pi -e 's/if \(id > r->watermark\)\n\t\t\treturn false;/if (false)\n\t\t\treturn false;/' "$f" ;;
+            perl -0pi -e 's/if \(r->watermark < limit\)\n/if (false)\n/' "$f" ;;
         watermark_no_slots)
-            perl -0pi -e 's/(\t\tif \(pending == ES_SLOT_ALLOCATING\)\n\t\t\treturn -1;\n)/\t\tcontinue;\n$1/' "$f" ;;
+            perl -0pi -e 's/Min\(Min\(next, lowest\), /Min(next, /' "$f" ;;
         restart_low)
             perl -0pi -e 's/pg_atomic_init_u64\(&counter->next, \(uint64\) highest \+ 1\)/pg_atomic_init_u64(&counter->next, (uint64) (highest > 20 ? highest - 19 : 1))/' "$f" ;;
         *) echo "unknown mutant $m" >&2; return 1 ;;
@@ -61,8 +61,10 @@ build() {
     sed -i 's/^EXTENSION *= eventsourcing$/EXTENSION  = eventsourcing_mut/; s/^MODULE_big *= eventsourcing$/MODULE_big = eventsourcing_mut/; s#sql/eventsourcing--#sql/eventsourcing_mut--#' "$d/Makefile"
     sed 's#\$libdir/eventsourcing#$libdir/eventsourcing_mut#' "$d/eventsourcing.control" > "$d/eventsourcing_mut.control"
     for s in "$d"/sql/eventsourcing--*.sql; do cp "$s" "${s/eventsourcing--/eventsourcing_mut--}"; done
-    sed -i 's/get_extension_oid("eventsourcing"/get_extension_oid("eventsourcing_mut"/; s/bgw_library_name, "eventsourcing"/bgw_library_name, "eventsourcing_mut"/' "$d"/src/*.c
-    grep -q 'eventsourcing_mut' "$d/src/worker.c" || { echo "cannot rename the worker's library" >&2; return 1; }
+    sed -i 's/#define ES_EXTENSION_NAME\t\t\t"eventsourcing"/#define ES_EXTENSION_NAME\t\t\t"eventsourcing_mut"/' "$d/src/eventsourcing.h"
+    sed -i 's/bgw_library_name, "eventsourcing"/bgw_library_name, "eventsourcing_mut"/' "$d"/src/*.c
+    grep -q 'eventsourcing_mut' "$d/src/wakeup.c" || { echo "cannot rename the worker's library" >&2; return 1; }
+    grep -q 'ES_EXTENSION_NAME.*eventsourcing_mut' "$d/src/eventsourcing.h" || { echo "cannot rename the extension" >&2; return 1; }
     cp "$d/src/ordering.c" "$WORK/ordering.orig"
     mutate "$m" "$d/src/ordering.c"
     if cmp -s "$d/src/ordering.c" "$WORK/ordering.orig"; then
