@@ -131,6 +131,12 @@ SELECT es_append('sec', '[0:1]={NULL,"(00000000-0000-0000-0000-00000000000e,1,T,
 SELECT es_append('sec', '[5:6]={"(00000000-0000-0000-0000-00000000000e,1,T,\"\\\\x\")","(00000000-0000-0000-0000-00000000000e,1,T,\"\\\\x\")"}'::es_event[]);
 SELECT es_select('sec', 1, 10, topics => '[3:4]={A,NULL}');
 
+-- A fold path as deep as the caller likes would nest the state past the stack.
+SELECT es_define_fold('sec', 'Deep', jsonb_build_array(jsonb_build_object('op', 'set', 'path', repeat('a.', 100000) || 'a', 'value', 1)));
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_append_only_guard();
+\echo :LAST_ERROR_SQLSTATE
+
 -- 7. Ids near the end of a bigint: no overflow, no hang, no wrap.
 SELECT es_create_application('sec_full');
 -- an administrator plants a row at the last bigint (ordinary roles cannot, see 1)

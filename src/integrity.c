@@ -874,7 +874,9 @@ es_append_only_guard(PG_FUNCTION_ARGS)
 	const char *what;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "eventsourcing: es_append_only_guard must be called as a trigger");
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("es_append_only_guard can only be called as a trigger")));
 	if (es_allow_rewrite)
 		return TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ? PointerGetDatum(
 			TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? trigdata->tg_newtuple : trigdata->tg_trigtuple) : (Datum) 0;

@@ -226,6 +226,9 @@ EsObjectDelete(EsNode *obj, const char *key, int keylen)
 static JsonbValue *
 EsNodePush(JsonbParseState **ps, EsNode *n, JsonbIteratorToken tok)
 {
+	/* Documents nest as deep as fold paths make them. */
+	check_stack_depth();
+	CHECK_FOR_INTERRUPTS();
 	if (n->kind == ES_VALUE)
 		return pushJsonbValue(ps, tok, &n->value);
 	(void) pushJsonbValue(ps, n->kind == ES_OBJECT ? WJB_BEGIN_OBJECT : WJB_BEGIN_ARRAY, NULL);
@@ -291,6 +294,9 @@ typedef enum EsFoldOpKind
 } EsFoldOpKind;
 
 static const char *const es_op_names[] = {"init", "set", "append", "remove", "add", "merge", "delete"};
+
+/* Deeper paths are refused: documents are written back recursively. */
+#define ES_MAX_PATH_DEPTH 100
 
 typedef struct EsPath
 {
@@ -437,11 +443,15 @@ EsCompileFold(const char *topic, Jsonb *ops, EsFold *fold)
 		path = EsGetKey(v.val.binary.data, "path");
 		if (path != NULL && !EsParsePath(path, &op->path))
 			EsBadFold(topic, i, "has a \"path\" that is neither a string nor an array of strings");
+		if (op->path.n > ES_MAX_PATH_DEPTH)
+			EsBadFold(topic, i, psprintf("has a \"path\" deeper than %d fields", ES_MAX_PATH_DEPTH));
 		from = EsGetKey(v.val.binary.data, "from");
 		if (from != NULL)
 		{
 			if (!EsParsePath(from, &op->from))
 				EsBadFold(topic, i, "has a \"from\" that is neither a string nor an array of strings");
+			if (op->from.n > ES_MAX_PATH_DEPTH)
+				EsBadFold(topic, i, psprintf("has a \"from\" deeper than %d fields", ES_MAX_PATH_DEPTH));
 			op->has_from = true;
 		}
 		value = EsGetKey(v.val.binary.data, "value");
