@@ -32,6 +32,7 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+[ -n "${ES_MUTANTS_KEEP:-}" ] && trap - EXIT
 
 mutate() {
     local m=$1 f=$2
@@ -58,7 +59,7 @@ build() {
     rm -rf "$d"; mkdir -p "$d"
     cp -r "$ROOT/Makefile" "$ROOT/eventsourcing.control" "$ROOT/src" "$ROOT/sql" "$d/"
     rm -f "$d"/src/*.o "$d"/src/*.bc
-    sed -i 's/^EXTENSION *= eventsourcing$/EXTENSION  = eventsourcing_mut/; s/^MODULE_big *= eventsourcing$/MODULE_big = eventsourcing_mut/; s#sql/eventsourcing--#sql/eventsourcing_mut--#' "$d/Makefile"
+    sed -i 's/^EXTENSION *= eventsourcing$/EXTENSION  = eventsourcing_mut/; s/^MODULE_big *= eventsourcing$/MODULE_big = eventsourcing_mut/; s#sql/eventsourcing--#sql/eventsourcing_mut--#g' "$d/Makefile"
     sed 's#\$libdir/eventsourcing#$libdir/eventsourcing_mut#' "$d/eventsourcing.control" > "$d/eventsourcing_mut.control"
     for s in "$d"/sql/eventsourcing--*.sql; do cp "$s" "${s/eventsourcing--/eventsourcing_mut--}"; done
     sed -i 's/#define ES_EXTENSION_NAME\t\t\t"eventsourcing"/#define ES_EXTENSION_NAME\t\t\t"eventsourcing_mut"/' "$d/src/eventsourcing.h"
