@@ -123,8 +123,70 @@ COMMENT ON TABLE @extschema@.es_seals IS
 
 DELETE FROM @extschema@.es_snapshots;
 ALTER TABLE @extschema@.es_snapshots ADD COLUMN event_hash bytea NOT NULL;
+ALTER TABLE @extschema@.es_snapshots ALTER COLUMN state DROP NOT NULL;
+ALTER TABLE @extschema@.es_snapshots ADD COLUMN stored_state bytea;
+ALTER TABLE @extschema@.es_snapshots ADD CONSTRAINT es_snapshots_state_check
+    CHECK ((state IS NULL) <> (stored_state IS NULL));
 COMMENT ON TABLE @extschema@.es_snapshots IS
-    'Snapshots of aggregates'' states, written by es_state and es_snapshot only; used by es_state when made with the current fold definitions (fold_generation) and while event_hash is still the hash of that version in the log.';
+    'Snapshots of aggregates'' states, written by es_state and es_snapshot only; used by es_state when made with the current fold definitions (fold_generation) and while event_hash is still the hash of that version in the log. In state, or for encrypting applications in stored_state, encrypted under the aggregate''s data key.';
+
+--------------------------------------------------------------------------
+-- Stored form: compression and encryption, forgetting
+--------------------------------------------------------------------------
+
+ALTER TABLE @extschema@.es_applications
+    ADD COLUMN compression boolean NOT NULL DEFAULT false,
+    ADD COLUMN encryption boolean NOT NULL DEFAULT false;
+ALTER TABLE @extschema@.es_stored_events
+    ADD COLUMN stored_form smallint NOT NULL DEFAULT 0
+        CONSTRAINT es_stored_events_stored_form_check CHECK (stored_form IN (0, 1));
+COMMENT ON TABLE @extschema@.es_stored_events IS
+    'All recorded events: each in its aggregate''s version sequence and its application''s notification log. Written by es_append only; roles read and append through the functions, with privileges per application (es_grant). stored_form 0: state as given; 1: a header, then the state compressed and/or encrypted (es_configure).';
+
+CREATE TABLE @extschema@.es_keys (
+    application_id  integer NOT NULL,
+    originator_id   uuid NOT NULL,
+    master_key_id   bytea,
+    wrapped_key     bytea,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    forgotten_at    timestamptz,
+    CONSTRAINT es_keys_pkey PRIMARY KEY (application_id, originator_id)
+);
+COMMENT ON TABLE @extschema@.es_keys IS
+    'The data key of every aggregate with encrypted states, wrapped (AES-256-GCM) by the master key whose id is master_key_id; NULL with forgotten_at once es_forget destroyed it.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_keys', '');
+REVOKE ALL ON @extschema@.es_keys FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.es_configure(application text, compression boolean DEFAULT NULL,
+    encryption boolean DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_configure'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_configure(text, boolean, boolean) IS
+    'Sets how the application''s new events are stored: compressed with zlib (when it makes them smaller) and/or encrypted with AES-256-GCM under each aggregate''s own data key; NULL leaves a setting as it is. Recorded events keep their form. Needs admin.';
+
+CREATE FUNCTION @extschema@.es_forget(application text, originator_id uuid)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_forget'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_forget(text, uuid) IS
+    'Destroys the aggregate''s data key and deletes its snapshots: its events keep their ids, versions, topics and hashes, and read with state NULL. Needs admin.';
+
+CREATE FUNCTION @extschema@.es_rewrap_keys()
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_rewrap_keys'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_rewrap_keys() IS
+    'After a master key rotation: wraps again under the current master key every data key of this database wrapped by the previous one (eventsourcing.previous_key_command); returns how many. The extension''s owner only.';
+
+CREATE FUNCTION @extschema@.es_select_stored(application text, start bigint, max_count integer)
+RETURNS TABLE (id bigint, originator_id uuid, originator_version bigint, topic text,
+    stored_form smallint, stored_state bytea, event_hash bytea)
+AS 'MODULE_PATHNAME', 'es_select_stored'
+LANGUAGE C STABLE PARALLEL UNSAFE ROWS 100;
+COMMENT ON FUNCTION @extschema@.es_select_stored(text, bigint, integer) IS
+    'The notification log as stored: states in their stored form (0: as given; 1: header, then compressed and/or encrypted), for backups to other systems or clients that decrypt themselves. Needs read; the ordering guarantee of es_select.';
+
 
 --------------------------------------------------------------------------
 -- Functions that take fresh snapshots or write cannot run in parallel mode

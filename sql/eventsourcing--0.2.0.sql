@@ -70,7 +70,9 @@ CREATE TABLE @extschema@.es_applications (
     created_at  timestamptz NOT NULL DEFAULT now(),
     fold_function    regprocedure,
     fold_generation  bigint NOT NULL DEFAULT 0,
-    snapshot_every   integer
+    snapshot_every   integer,
+    compression      boolean NOT NULL DEFAULT false,
+    encryption       boolean NOT NULL DEFAULT false
 );
 COMMENT ON SEQUENCE @extschema@.es_applications_id_seq IS
     'Numbers applications (es_applications.id).';
@@ -86,11 +88,13 @@ CREATE TABLE @extschema@.es_stored_events (
     state               bytea NOT NULL,
     recorded_at         timestamptz NOT NULL,
     event_hash          bytea NOT NULL,
+    stored_form         smallint NOT NULL DEFAULT 0
+        CONSTRAINT es_stored_events_stored_form_check CHECK (stored_form IN (0, 1)),
     CONSTRAINT es_stored_events_pkey PRIMARY KEY (application_id, notification_id),
     CONSTRAINT es_stored_events_version_key UNIQUE (application_id, originator_id, originator_version)
 );
 COMMENT ON TABLE @extschema@.es_stored_events IS
-    'All recorded events: each in its aggregate''s version sequence and its application''s notification log. Written by es_append only; roles read and append through the functions, with privileges per application (es_grant).';
+    'All recorded events: each in its aggregate''s version sequence and its application''s notification log. Written by es_append only; roles read and append through the functions, with privileges per application (es_grant). stored_form 0: state as given; 1: a header, then the state compressed and/or encrypted (es_configure).';
 
 CREATE TABLE @extschema@.es_tracking (
     application_id        integer NOT NULL,
@@ -137,14 +141,16 @@ CREATE TABLE @extschema@.es_snapshots (
     application_id      integer NOT NULL,
     originator_id       uuid NOT NULL,
     originator_version  bigint NOT NULL,
-    state               jsonb NOT NULL,
+    state               jsonb,
     fold_generation     bigint NOT NULL,
     created_at          timestamptz NOT NULL,
     event_hash          bytea NOT NULL,
-    PRIMARY KEY (application_id, originator_id, originator_version)
+    stored_state        bytea,
+    PRIMARY KEY (application_id, originator_id, originator_version),
+    CONSTRAINT es_snapshots_state_check CHECK ((state IS NULL) <> (stored_state IS NULL))
 );
 COMMENT ON TABLE @extschema@.es_snapshots IS
-    'Snapshots of aggregates'' states, written by es_state and es_snapshot only; used by es_state when made with the current fold definitions (fold_generation) and while event_hash is still the hash of that version in the log.';
+    'Snapshots of aggregates'' states, written by es_state and es_snapshot only; used by es_state when made with the current fold definitions (fold_generation) and while event_hash is still the hash of that version in the log. In state, or for encrypting applications in stored_state, encrypted under the aggregate''s data key.';
 
 CREATE TABLE @extschema@.es_grants (
     application_id  integer NOT NULL,
@@ -158,6 +164,18 @@ CREATE TABLE @extschema@.es_grants (
 COMMENT ON TABLE @extschema@.es_grants IS
     'Privileges on applications (application_id 0: every application, and the database-wide create), granted to roles (grantee 0: PUBLIC). Written by es_grant, es_revoke and es_create_application; shown by the view es_privileges.';
 
+CREATE TABLE @extschema@.es_keys (
+    application_id  integer NOT NULL,
+    originator_id   uuid NOT NULL,
+    master_key_id   bytea,
+    wrapped_key     bytea,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    forgotten_at    timestamptz,
+    CONSTRAINT es_keys_pkey PRIMARY KEY (application_id, originator_id)
+);
+COMMENT ON TABLE @extschema@.es_keys IS
+    'The data key of every aggregate with encrypted states, wrapped (AES-256-GCM) by the master key whose id is master_key_id; NULL with forgotten_at once es_forget destroyed it.';
+
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_applications', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_applications_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_folds', '');
@@ -167,12 +185,13 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_stored_events', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_tracking', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_watermarks', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_grants', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_keys', '');
 
 -- Only the extension's owner touches the tables: every role goes through the
 -- functions, which check privileges per application (es_grants).
 REVOKE ALL ON @extschema@.es_applications, @extschema@.es_stored_events,
     @extschema@.es_tracking, @extschema@.es_watermarks, @extschema@.es_seals,
-    @extschema@.es_folds, @extschema@.es_snapshots, @extschema@.es_grants FROM PUBLIC;
+    @extschema@.es_folds, @extschema@.es_snapshots, @extschema@.es_grants, @extschema@.es_keys FROM PUBLIC;
 
 -- Append-only: no role may UPDATE, DELETE or TRUNCATE events or seals, except
 -- a superuser who sets eventsourcing.allow_rewrite (the administrative path).
@@ -463,3 +482,37 @@ WHERE CASE WHEN g.application_id = 0
 COMMENT ON VIEW @extschema@.es_privileges IS
     'Who holds which privilege on which application (NULL: every application), for the applications the current user has a privilege on.';
 GRANT SELECT ON @extschema@.es_privileges TO PUBLIC;
+
+--------------------------------------------------------------------------
+-- Stored form: compression and encryption, forgetting
+--------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.es_configure(application text, compression boolean DEFAULT NULL,
+    encryption boolean DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_configure'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_configure(text, boolean, boolean) IS
+    'Sets how the application''s new events are stored: compressed with zlib (when it makes them smaller) and/or encrypted with AES-256-GCM under each aggregate''s own data key; NULL leaves a setting as it is. Recorded events keep their form. Needs admin.';
+
+CREATE FUNCTION @extschema@.es_forget(application text, originator_id uuid)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_forget'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_forget(text, uuid) IS
+    'Destroys the aggregate''s data key and deletes its snapshots: its events keep their ids, versions, topics and hashes, and read with state NULL. Needs admin.';
+
+CREATE FUNCTION @extschema@.es_rewrap_keys()
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_rewrap_keys'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_rewrap_keys() IS
+    'After a master key rotation: wraps again under the current master key every data key of this database wrapped by the previous one (eventsourcing.previous_key_command); returns how many. The extension''s owner only.';
+
+CREATE FUNCTION @extschema@.es_select_stored(application text, start bigint, max_count integer)
+RETURNS TABLE (id bigint, originator_id uuid, originator_version bigint, topic text,
+    stored_form smallint, stored_state bytea, event_hash bytea)
+AS 'MODULE_PATHNAME', 'es_select_stored'
+LANGUAGE C STABLE PARALLEL UNSAFE ROWS 100;
+COMMENT ON FUNCTION @extschema@.es_select_stored(text, bigint, integer) IS
+    'The notification log as stored: states in their stored form (0: as given; 1: header, then compressed and/or encrypted), for backups to other systems or clients that decrypt themselves. Needs read; the ordering guarantee of es_select.';

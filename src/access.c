@@ -246,7 +246,7 @@ EsOpenAppByName(EsApp *app, text *name, uint32 required)
 	app->name = name;
 	app->cname = text_to_cstring(name);
 	EsLookupRelations(&app->rels);
-	app->id = EsLookupApplicationId(&app->rels, name);
+	app->id = EsLookupApplicationId(&app->rels, name, &app->settings);
 	held = app->id > 0 ? EsPrivilegesOf(&app->rels, app->id) : 0;
 	if (held == 0)
 		EsNoSuchApplication(app->cname);
@@ -342,7 +342,7 @@ es_create_application(PG_FUNCTION_ARGS)
 	if (app_id == 0)
 	{
 		/* It exists: fine for those who may see it. */
-		app_id = EsLookupApplicationId(&rels, name);
+		app_id = EsLookupApplicationId(&rels, name, NULL);
 		if (app_id == 0 || EsPrivilegesOf(&rels, app_id) == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_OBJECT),
@@ -494,7 +494,7 @@ es_has_privilege(PG_FUNCTION_ARGS)
 		bit = EsArgPrivilege(fcinfo, 1, PG_ARGISNULL(0));
 	if (!PG_ARGISNULL(0))
 	{
-		app_id = EsLookupApplicationId(&rels, PG_GETARG_TEXT_PP(0));
+		app_id = EsLookupApplicationId(&rels, PG_GETARG_TEXT_PP(0), NULL);
 		if (app_id == 0)
 			PG_RETURN_BOOL(false);
 	}

@@ -25,6 +25,7 @@ typedef struct EsApp
 	int32		id;
 	text	   *name;
 	char	   *cname;
+	EsAppSettings settings;
 } EsApp;
 
 extern void EsOpenApp(EsApp *app, FunctionCallInfo fcinfo, int argno, uint32 required);

@@ -9,8 +9,11 @@
  *	2. lock each aggregate of the call, in uuid order, with a transaction-level
  *	   advisory lock (only writers of the same aggregate wait for each other);
  *	3. check each aggregate's versions against its current version, read with
- *	   SnapshotSelf (so a writer that committed while we waited is seen), and
- *	   chain each event's hash to its predecessor's (integrity.c);
+ *	   SnapshotSelf (so a writer that committed while we waited is seen),
+ *	   store each state in the application's form (codec.c: compressed and/or
+ *	   encrypted under the aggregate's data key, made under its lock), and
+ *	   chain each event's hash, over the stored bytes, to its predecessor's
+ *	   (integrity.c);
  *	4. record the tracking position, if given;
  *	5. take the ids and insert heap and index tuples (ordering.c explains why
  *	   this makes the notification log ordered and gap-free).
@@ -41,19 +44,19 @@
 #include "utils/typcache.h"
 
 #include "access.h"
+#include "codec.h"
 #include "integrity.h"
 #include "ordering.h"
 #include "wakeup.h"
-
-/* Distinguishes our aggregate locks from user advisory locks (which use 1, 2). */
-#define ES_AGGREGATE_LOCK_CLASS 0x4553
 
 typedef struct EsEventIn
 {
 	pg_uuid_t	originator_id;
 	int64		version;
 	Datum		topic;
-	Datum		state;
+	Datum		state;			/* as given */
+	Datum		stored;			/* as stored (codec.c) */
+	int16		form;
 	int			index;			/* position in the call, 0-based */
 	int			subscript;		/* the array subscript the caller wrote */
 	uint8		hash[ES_HASH_LEN];	/* chained to the aggregate's previous event */
@@ -253,25 +256,17 @@ EsCurrentVersion(EsVersionProbe *p, int32 app_id, const pg_uuid_t *originator_id
 	return version;
 }
 
-static void
-EsLockAggregate(int32 app_id, const pg_uuid_t *originator_id)
-{
-	LOCKTAG		tag;
-
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) app_id,
-						 hash_bytes(originator_id->data, UUID_LEN),
-						 ES_AGGREGATE_LOCK_CLASS);
-	(void) LockAcquire(&tag, ExclusiveLock, false, false);
-}
-
 /*
  * Steps 2 and 3 for the events of one call, sorted by aggregate and then by
  * position in the call.
  */
 static void
-EsCheckVersions(const EsRelations *rels, Relation events, text *application,
-				const char *appname, int32 app_id, EsEventIn **sorted, int n)
+EsCheckVersions(const EsApp *app, Relation events, EsEventIn **sorted, int n)
 {
+	const EsRelations *rels = &app->rels;
+	text	   *application = app->name;
+	const char *appname = app->cname;
+	int32		app_id = app->id;
 	int			start = 0;
 	EsVersionProbe probe;
 
@@ -338,13 +333,20 @@ EsCheckVersions(const EsRelations *rels, Relation events, text *application,
 							first->version, EsUuidOut(&first->originator_id), appname, current),
 					 errdetail("The next version must be " INT64_FORMAT ".", current + 1)));
 
-		/* The hash chain: each event over its predecessor's hash. */
+		/* The stored form, then the hash chain over it. */
 		for (int i = start; i < end; i++)
 		{
+			EsStateIdentity id = {rels, app_id, application, &sorted[i]->originator_id,
+			sorted[i]->version, false};
+
+			sorted[i]->stored = PointerGetDatum(EsEncodeState(&id, DatumGetByteaPP(sorted[i]->state),
+															  app->settings.compression,
+															  app->settings.encryption,
+															  &sorted[i]->form));
 			EsHashEvent(i == start ? head : sorted[i - 1]->hash, application,
 						&sorted[i]->originator_id, sorted[i]->version,
-						DatumGetTextPP(sorted[i]->topic), DatumGetByteaPP(sorted[i]->state),
-						sorted[i]->hash);
+						DatumGetTextPP(sorted[i]->topic), DatumGetByteaPP(sorted[i]->stored),
+						sorted[i]->form, sorted[i]->hash);
 		}
 		start = end;
 	}
@@ -430,7 +432,8 @@ EsInsertEvents(const EsRelations *rels, Relation events, int32 app_id,
 			slot->tts_values[Anum_es_originator_id - 1] = UUIDPGetDatum(&in[i].originator_id);
 			slot->tts_values[Anum_es_originator_version - 1] = Int64GetDatum(in[i].version);
 			slot->tts_values[Anum_es_topic - 1] = in[i].topic;
-			slot->tts_values[Anum_es_state - 1] = in[i].state;
+			slot->tts_values[Anum_es_state - 1] = in[i].stored;
+			slot->tts_values[Anum_es_stored_form - 1] = Int16GetDatum(in[i].form);
 			slot->tts_values[Anum_es_recorded_at - 1] = TimestampTzGetDatum(now);
 			slot->tts_values[Anum_es_event_hash - 1] = PointerGetDatum(hashes[i]);
 			ExecStoreVirtualTuple(slot);
@@ -478,7 +481,7 @@ EsAppend(text *application, EsEventIn *in, int n, text *upstream, int64 upstream
 		for (int i = 0; i < n; i++)
 			sorted[i] = &in[i];
 		qsort(sorted, n, sizeof(EsEventIn *), EsCompareByAggregate);
-		EsCheckVersions(&app.rels, events, application, app.cname, app.id, sorted, n);
+		EsCheckVersions(&app, events, sorted, n);
 	}
 	if (upstream != NULL)
 		EsRecordTracking(&app.rels, app.id, app.cname, upstream, upstream_position);

@@ -28,6 +28,9 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_extension.h"
+#include "common/hashfn.h"
+#include "storage/lmgr.h"
+#include "storage/lock.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
@@ -101,7 +104,14 @@ typedef struct EsAppCacheEntry
 {
 	char		name[ES_MAX_APPLICATION_BYTES + 1];	/* key, NUL-padded */
 	int32		app_id;
+	EsAppSettings settings;
 } EsAppCacheEntry;
+
+/* Column numbers of es_applications. */
+#define Anum_es_app_id				1
+#define Anum_es_app_name			2
+#define Anum_es_app_compression		7
+#define Anum_es_app_encryption		8
 
 static bool rels_valid = false;
 static EsRelations rels_cache;
@@ -179,6 +189,8 @@ EsLookupRelationsExtended(EsRelations *rels, bool missing_ok)
 	rels->watermarks_pkey = EsRelid(rels->namespace, "es_watermarks_pkey");
 	rels->grants = EsRelid(rels->namespace, "es_grants");
 	rels->grants_pkey = EsRelid(rels->namespace, "es_grants_pkey");
+	rels->keys = EsRelid(rels->namespace, "es_keys");
+	rels->keys_pkey = EsRelid(rels->namespace, "es_keys_pkey");
 	rels_cache = *rels;
 	rels_valid = true;
 	return true;
@@ -252,13 +264,14 @@ EsUuidOut(const pg_uuid_t *uuid)
 }
 
 /*
- * The id of an application, or 0 when there is none of that name.
+ * The id of an application, or 0 when there is none of that name; and its
+ * settings, when asked.  es_configure invalidates the cache.
  *
  * Uses the latest snapshot so that an application created by a transaction
  * that committed after ours started (or earlier in ours) is found.
  */
 int32
-EsLookupApplicationId(const EsRelations *rels, text *name)
+EsLookupApplicationId(const EsRelations *rels, text *name, EsAppSettings *settings)
 {
 	Relation	rel;
 	SysScanDesc scan;
@@ -270,6 +283,7 @@ EsLookupApplicationId(const EsRelations *rels, text *name)
 	Size		len = VARSIZE_ANY_EXHDR(name);
 	char		keybuf[ES_MAX_APPLICATION_BYTES + 1];
 	EsAppCacheEntry *entry;
+	EsAppSettings found_settings = {false, false};
 
 	if (len == 0 || len > ES_MAX_APPLICATION_BYTES)
 		return 0;
@@ -287,7 +301,11 @@ EsLookupApplicationId(const EsRelations *rels, text *name)
 	}
 	entry = hash_search(app_cache, keybuf, HASH_FIND, NULL);
 	if (entry != NULL)
+	{
+		if (settings)
+			*settings = entry->settings;
 		return entry->app_id;
+	}
 
 	rel = table_open(rels->applications, AccessShareLock);
 	ScanKeyInit(&key, 2, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(name));
@@ -298,10 +316,14 @@ EsLookupApplicationId(const EsRelations *rels, text *name)
 	if (HeapTupleIsValid(tuple))
 	{
 		bool		isnull;
-		Datum		d = heap_getattr(tuple, 1, RelationGetDescr(rel), &isnull);
+		Datum		d = heap_getattr(tuple, Anum_es_app_id, RelationGetDescr(rel), &isnull);
 
 		if (!isnull)
 			app_id = DatumGetInt32(d);
+		d = heap_getattr(tuple, Anum_es_app_compression, RelationGetDescr(rel), &isnull);
+		found_settings.compression = !isnull && DatumGetBool(d);
+		d = heap_getattr(tuple, Anum_es_app_encryption, RelationGetDescr(rel), &isnull);
+		found_settings.encryption = !isnull && DatumGetBool(d);
 		/* Our own uncommitted row may still roll back: do not cache it. */
 		if (TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tuple->t_data)))
 			cacheable = false;
@@ -314,7 +336,10 @@ EsLookupApplicationId(const EsRelations *rels, text *name)
 	{
 		entry = hash_search(app_cache, keybuf, HASH_ENTER, NULL);
 		entry->app_id = app_id;
+		entry->settings = found_settings;
 	}
+	if (settings)
+		*settings = found_settings;
 	return app_id;
 }
 
@@ -375,6 +400,24 @@ EsLastEventAttr(const EsRelations *rels, Oid index, Snapshot snapshot,
 	index_close(idx, AccessShareLock);
 	table_close(events, AccessShareLock);
 	return found;
+}
+
+/* Distinguishes our aggregate locks from user advisory locks (which use 1, 2). */
+#define ES_AGGREGATE_LOCK_CLASS 0x4553
+
+/*
+ * The lock of one aggregate: held by its writers (append.c) and by
+ * es_forget (keys.c) until the end of the transaction.
+ */
+void
+EsLockAggregate(int32 app_id, const pg_uuid_t *originator_id)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) app_id,
+						 hash_bytes(originator_id->data, UUID_LEN),
+						 ES_AGGREGATE_LOCK_CLASS);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
 /* search_path = pg_catalog, pg_temp until the current GUC nest level ends. */

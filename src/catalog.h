@@ -30,12 +30,22 @@ typedef struct EsRelations
 	Oid			watermarks_pkey;
 	Oid			grants;			/* es_grants */
 	Oid			grants_pkey;	/* (application_id, grantee, privilege) */
+	Oid			keys;			/* es_keys */
+	Oid			keys_pkey;		/* (application_id, originator_id) */
 } EsRelations;
+
+/* An application's settings that the append and read paths need. */
+typedef struct EsAppSettings
+{
+	bool		compression;
+	bool		encryption;
+} EsAppSettings;
 
 extern void EsLookupRelations(EsRelations *rels);
 extern bool EsLookupRelationsIfInstalled(EsRelations *rels);
 extern char *EsQualifiedName(const EsRelations *rels, const char *relname);
-extern int32 EsLookupApplicationId(const EsRelations *rels, text *name);
+extern int32 EsLookupApplicationId(const EsRelations *rels, text *name, EsAppSettings *settings);
+extern void EsLockAggregate(int32 app_id, const pg_uuid_t *originator_id);
 extern char *EsApplicationName(const EsRelations *rels, int32 app_id);
 extern bool EsLastEventAttr(const EsRelations *rels, Oid index, Snapshot snapshot,
 							ScanKey keys, int nkeys, int attno, Datum *value);

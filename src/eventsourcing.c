@@ -21,6 +21,7 @@
 #include "utils/guc.h"
 
 #include "eventsourcing.h"
+#include "keys.h"
 #include "ordering.h"
 #include "wakeup.h"
 
@@ -37,7 +38,8 @@ EsShmemRequest(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(add_size(EsOrderingShmemSize(), EsWakeupShmemSize()));
+	RequestAddinShmemSpace(add_size(add_size(EsOrderingShmemSize(), EsWakeupShmemSize()),
+									EsKeysShmemSize()));
 	RequestNamedLWLockTranche("eventsourcing", 2);
 }
 
@@ -48,6 +50,7 @@ EsShmemStartup(void)
 		prev_shmem_startup_hook();
 	EsOrderingShmemInit();
 	EsWakeupShmemInit();
+	EsKeysShmemInit();
 	shmem_ready = true;
 }
 
@@ -67,6 +70,7 @@ _PG_init(void)
 	EsWorkerInit();
 	/* A PGC_POSTMASTER setting can only be made while preloading. */
 	EsOrderingInit(preloading);
+	EsKeysInit(preloading);
 	MarkGUCPrefixReserved("eventsourcing");
 	if (!preloading)
 		return;

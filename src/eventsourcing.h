@@ -16,10 +16,13 @@
  *					per-database state, es_wait's condition variable
  *	worker.c		the per-database background worker, and only that
  *	replay.c		es_replay, the fold language, es_state, snapshots
+ *	codec.c			the stored form of states: zlib, AES-256-GCM, es_configure
+ *	keys.c			the master key and the aggregates' data keys, es_forget
  *
  * The include graph: catalog.h includes eventsourcing.h; access.h,
  * integrity.h and ordering.h include catalog.h; read.h includes ordering.h;
- * wakeup.h and follow.h include only eventsourcing.h.  No cycles.
+ * wakeup.h and follow.h include only eventsourcing.h; codec.h and keys.h
+ * include catalog.h.  No cycles.
  */
 #ifndef EVENTSOURCING_H
 #define EVENTSOURCING_H
@@ -43,7 +46,8 @@
 #define Anum_es_state				6
 #define Anum_es_recorded_at			7
 #define Anum_es_event_hash			8
-#define Natts_es_stored_events		8
+#define Anum_es_stored_form			9
+#define Natts_es_stored_events		9
 
 /* SHA-256 */
 #define ES_HASH_LEN					32
@@ -52,6 +56,7 @@
 extern void EsOrderingInit(bool preloading);
 extern void EsIntegrityInit(void);
 extern void EsWorkerInit(void);
+extern void EsKeysInit(bool preloading);
 
 /* eventsourcing.c */
 extern bool EsSharedMemoryReady(void);

@@ -14,7 +14,10 @@
  *	length of the topic, topic				(uint32 big-endian, bytes)
  *	length of the state, state				(uint32 big-endian, the stored bytes)
  * Lengths make the encoding unambiguous; the state is hashed as stored, so a
- * later compressed or encrypted state is covered as it is kept.
+ * compressed or encrypted state is covered as it is kept, and verifying
+ * needs no key.  A state in a stored form other than 0 (codec.c) is hashed
+ * with the tag "es-event-v2" and its form (one byte) after the tag, so that
+ * changing the form is a changed event too; raw states keep "es-event-v1".
  *
  * A seal is SHA-256 over "es-seal-v1", the previous seal's digest (zeros for
  * the first), the application name (length-prefixed), the last id of the
@@ -112,10 +115,18 @@ EsDigestEnd(uint8 *out)
 void
 EsHashEvent(const uint8 *prev, const text *application,
 			const pg_uuid_t *originator_id, int64 version,
-			const text *topic, const bytea *state, uint8 *out)
+			const text *topic, const bytea *state, int16 form, uint8 *out)
 {
 	EsDigestBegin();
-	EsDigest("es-event-v1", 11);
+	if (form == 0)
+		EsDigest("es-event-v1", 11);
+	else
+	{
+		uint8		f = (uint8) form;
+
+		EsDigest("es-event-v2", 11);
+		EsDigest(&f, 1);
+	}
 	EsDigest(prev, ES_HASH_LEN);
 	EsDigestBytes(VARDATA_ANY(application), VARSIZE_ANY_EXHDR(application));
 	EsDigest(originator_id->data, UUID_LEN);
@@ -202,6 +213,7 @@ EsChainAdd(EsChain *c, TupleTableSlot *slot, const text *application)
 				&c->originator_id, row->version,
 				DatumGetTextPP(slot->tts_values[Anum_es_topic - 1]),
 				DatumGetByteaPP(slot->tts_values[Anum_es_state - 1]),
+				DatumGetInt16(slot->tts_values[Anum_es_stored_form - 1]),
 				computed);
 	row->matches = memcmp(computed, row->stored, ES_HASH_LEN) == 0;
 	c->n++;

@@ -27,7 +27,9 @@
 #include "utils/snapmgr.h"
 
 #include "access.h"
+#include "codec.h"
 #include "common/hashfn.h"
+#include "utils/memutils.h"
 #include "read.h"
 
 /* The topics filter: a sorted array of text, searched with bsearch. */
@@ -91,6 +93,31 @@ EsTopicMatches(const EsTopicFilter *filter, Datum topic)
 		return true;
 	t = DatumGetTextPP(topic);
 	return bsearch(&t, filter->topics, filter->n, sizeof(text *), EsCompareText) != NULL;
+}
+
+/*
+ * The state of the event in `slot` as given to es_append (codec.c), or NULL
+ * when its aggregate was forgotten.
+ */
+static Datum
+EsStateOf(const EsApp *app, TupleTableSlot *slot, bool *isnull)
+{
+	int16		form = DatumGetInt16(slot->tts_values[Anum_es_stored_form - 1]);
+	EsStateIdentity id;
+	bytea	   *state;
+
+	*isnull = false;
+	if (form == ES_FORM_RAW)
+		return slot->tts_values[Anum_es_state - 1];
+	id.rels = &app->rels;
+	id.app_id = app->id;
+	id.application = app->name;
+	id.originator_id = DatumGetUUIDP(slot->tts_values[Anum_es_originator_id - 1]);
+	id.version = DatumGetInt64(slot->tts_values[Anum_es_originator_version - 1]);
+	id.snapshot = false;
+	state = EsDecodeState(&id, DatumGetByteaPP(slot->tts_values[Anum_es_state - 1]), form);
+	*isnull = state == NULL;
+	return PointerGetDatum(state);
 }
 
 static void
@@ -273,6 +300,7 @@ es_select(PG_FUNCTION_ARGS)
 	bool		has_group;
 	int32		group_member = 0;
 	int32		group_size = 1;
+	MemoryContext rowcxt;
 
 	if (PG_ARGISNULL(2))
 		ereport(ERROR,
@@ -299,28 +327,34 @@ es_select(PG_FUNCTION_ARGS)
 	if (stop < start)
 		return (Datum) 0;
 
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "es_select row", ALLOCSET_DEFAULT_SIZES);
 	EsLogScanBegin(&scan, &app.rels, app.id, start, stop, false);
 	while (count < max_count && (slot = EsLogScanNext(&scan, &id)) != NULL)
 	{
 		Datum		values[7];
 		bool		nulls[7] = {false, false, false, false, false, false, false};
+		MemoryContext old;
 
 		if (!EsTopicMatches(&filter, slot->tts_values[Anum_es_topic - 1]))
 			continue;
 		if (has_group &&
 			EsPartition(DatumGetUUIDP(slot->tts_values[Anum_es_originator_id - 1]), group_size) != group_member)
 			continue;
+		old = MemoryContextSwitchTo(rowcxt);
 		values[0] = Int64GetDatum(id);
 		values[1] = slot->tts_values[Anum_es_originator_id - 1];
 		values[2] = slot->tts_values[Anum_es_originator_version - 1];
 		values[3] = slot->tts_values[Anum_es_topic - 1];
-		values[4] = slot->tts_values[Anum_es_state - 1];
+		values[4] = EsStateOf(&app, slot, &nulls[4]);
 		values[5] = slot->tts_values[Anum_es_recorded_at - 1];
 		values[6] = slot->tts_values[Anum_es_event_hash - 1];
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(rowcxt);
 		count++;
 	}
 	EsLogScanEnd(&scan);
+	MemoryContextDelete(rowcxt);
 	return (Datum) 0;
 }
 
@@ -380,7 +414,7 @@ es_events(PG_FUNCTION_ARGS)
 		values[0] = slot->tts_values[Anum_es_originator_id - 1];
 		values[1] = slot->tts_values[Anum_es_originator_version - 1];
 		values[2] = slot->tts_values[Anum_es_topic - 1];
-		values[3] = slot->tts_values[Anum_es_state - 1];
+		values[3] = EsStateOf(&app, slot, &nulls[3]);
 		values[4] = slot->tts_values[Anum_es_recorded_at - 1];
 		values[5] = slot->tts_values[Anum_es_event_hash - 1];
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
@@ -447,4 +481,54 @@ es_tracking_position(PG_FUNCTION_ARGS)
 	if (isnull)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(DatumGetInt64(result));
+}
+
+/*
+ * es_select_stored(application text, start bigint, max_count int)
+ *	RETURNS TABLE (id, originator_id, originator_version, topic, stored_form,
+ *				   stored_state, event_hash)
+ *
+ * The log as stored: states in their stored form (for backups to other
+ * systems, or clients that decrypt themselves).  Needs read; the same
+ * ordering guarantee as es_select.
+ */
+PG_FUNCTION_INFO_V1(es_select_stored);
+Datum
+es_select_stored(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int64		start = EsArgInt64(fcinfo, 1, "start");
+	int32		max_count = EsArgInt32(fcinfo, 2, "max_count");
+	EsApp		app;
+	EsLogScan	scan;
+	TupleTableSlot *slot;
+	int64		id;
+	int			count = 0;
+
+	EsCheckMaxCount(max_count);
+	if (start < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("start must be at least 1"),
+				 errdetail("The given start is " INT64_FORMAT "; notification ids start at 1.", start)));
+	EsOpenApp(&app, fcinfo, 0, ES_PRIV_READ);
+	InitMaterializedSRF(fcinfo, 0);
+	EsLogScanBegin(&scan, &app.rels, app.id, start, PG_INT64_MAX, false);
+	while (count < max_count && (slot = EsLogScanNext(&scan, &id)) != NULL)
+	{
+		Datum		values[7];
+		bool		nulls[7] = {false, false, false, false, false, false, false};
+
+		values[0] = Int64GetDatum(id);
+		values[1] = slot->tts_values[Anum_es_originator_id - 1];
+		values[2] = slot->tts_values[Anum_es_originator_version - 1];
+		values[3] = slot->tts_values[Anum_es_topic - 1];
+		values[4] = slot->tts_values[Anum_es_stored_form - 1];
+		values[5] = slot->tts_values[Anum_es_state - 1];
+		values[6] = slot->tts_values[Anum_es_event_hash - 1];
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		count++;
+	}
+	EsLogScanEnd(&scan);
+	return (Datum) 0;
 }

@@ -58,6 +58,7 @@
 #include "utils/typcache.h"
 
 #include "access.h"
+#include "codec.h"
 #include "mb/pg_wchar.h"
 #include "utils/acl.h"
 
@@ -1055,6 +1056,9 @@ EsReplayStep(FunctionCallInfo fcinfo, Oid call_fold_fn)
 	tuple.t_tableOid = InvalidOid;
 	tuple.t_data = ev;
 	heap_deform_tuple(&tuple, tupdesc, values, nulls);
+	/* A forgotten aggregate's events have no state: nothing to fold. */
+	if (nulls[3] && !nulls[0] && !nulls[1] && !nulls[2])
+		return r;
 	for (int i = 0; i < 4; i++)
 		if (nulls[i])
 			ereport(ERROR,
@@ -1098,6 +1102,9 @@ es_replay_fields_step(PG_FUNCTION_ARGS)
 	static const char *const names[] = {"originator_id", "originator_version", "topic", "state"};
 	EsReplay   *r = PG_ARGISNULL(0) ? NULL : (EsReplay *) PG_GETARG_POINTER(0);
 
+	/* A forgotten aggregate's events have no state: nothing to fold. */
+	if (PG_ARGISNULL(5) && !PG_ARGISNULL(2) && !PG_ARGISNULL(3) && !PG_ARGISNULL(4))
+		PG_RETURN_POINTER(r);
 	for (int i = 0; i < 4; i++)
 		if (PG_ARGISNULL(i + 2))
 			ereport(ERROR,
@@ -1326,6 +1333,7 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 	int64		snap_version = 0;
 	Jsonb	   *snap_state = NULL;
 	bytea	   *snap_hash = NULL;
+	bytea	   *snap_stored = NULL;
 	Relation	events;
 	Relation	idx;
 	Snapshot	snapshot;
@@ -1353,7 +1361,7 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 	values[3] = Int64GetDatum(at_version < 0 ? PG_INT64_MAX : at_version);
 	resetStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT originator_version, state, event_hash FROM %s "
+					 "SELECT originator_version, state, event_hash, stored_state FROM %s "
 					 "WHERE application_id OPERATOR(pg_catalog.=) $1 AND originator_id OPERATOR(pg_catalog.=) $2 "
 					 "AND fold_generation OPERATOR(pg_catalog.=) $3 AND originator_version OPERATOR(pg_catalog.<=) $4 "
 					 "ORDER BY originator_version DESC LIMIT 1",
@@ -1365,13 +1373,34 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 		MemoryContext old = MemoryContextSwitchTo(cxt);
 		Datum		h;
 
+		Datum		st;
+
 		snap_version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		snap_state = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		st = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		snap_state = isnull ? NULL : DatumGetJsonbPCopy(st);
 		h = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
 		snap_hash = isnull ? NULL : DatumGetByteaPCopy(h);
+		st = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
+		snap_stored = isnull ? NULL : DatumGetByteaPCopy(st);
 		MemoryContextSwitchTo(old);
 	}
 	EsSpiEnd(&spi);
+
+	/* An encrypted snapshot: under the aggregate's key, like its events. */
+	if (snap_state == NULL && snap_stored != NULL)
+	{
+		EsStateIdentity sid = {rels, app->id, app->name, originator_id, snap_version, true};
+		bytea	   *plain = EsDecodeState(&sid, snap_stored, ES_FORM_ENCODED);
+
+		if (plain != NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(cxt);
+
+			snap_state = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+															CStringGetDatum(text_to_cstring((text *) plain))));
+			MemoryContextSwitchTo(old);
+		}
+	}
 
 	/* A snapshot counts only while it was made at the chain's event. */
 	if (snap_state != NULL)
@@ -1417,10 +1446,17 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 		CHECK_FOR_INTERRUPTS();
 		old = MemoryContextSwitchTo(tmpcxt);
 		slot_getallattrs(slot);
-		EsReplayEvent(r, originator_id,
-					  DatumGetInt64(slot->tts_values[Anum_es_originator_version - 1]),
-					  DatumGetTextPP(slot->tts_values[Anum_es_topic - 1]),
-					  DatumGetByteaPP(slot->tts_values[Anum_es_state - 1]));
+		{
+			int64		version = DatumGetInt64(slot->tts_values[Anum_es_originator_version - 1]);
+			EsStateIdentity eid = {rels, app->id, app->name, originator_id, version, false};
+			bytea	   *state = EsDecodeState(&eid, DatumGetByteaPP(slot->tts_values[Anum_es_state - 1]),
+											  DatumGetInt16(slot->tts_values[Anum_es_stored_form - 1]));
+
+			/* A forgotten aggregate's events are skipped. */
+			if (state != NULL)
+				EsReplayEvent(r, originator_id, version,
+							  DatumGetTextPP(slot->tts_values[Anum_es_topic - 1]), state);
+		}
 		MemoryContextSwitchTo(cxt);
 		res.hash = DatumGetByteaPCopy(slot->tts_values[Anum_es_event_hash - 1]);
 		MemoryContextSwitchTo(old);
@@ -1442,30 +1478,48 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 	return res;
 }
 
+/*
+ * Stores a snapshot: as jsonb, or, for an encrypting application, encrypted
+ * under the aggregate's data key (so es_forget reaches it).
+ */
 static void
-EsStoreSnapshot(const EsRelations *rels, int32 app_id, pg_uuid_t *originator_id,
+EsStoreSnapshot(const EsApp *app, pg_uuid_t *originator_id,
 				const EsStateResult *res, int64 generation)
 {
+	const EsRelations *rels = &app->rels;
 	StringInfoData sql;
-	Oid			argtypes[6] = {INT4OID, UUIDOID, INT8OID, JSONBOID, INT8OID, BYTEAOID};
-	Datum		values[6];
+	Oid			argtypes[7] = {INT4OID, UUIDOID, INT8OID, JSONBOID, INT8OID, BYTEAOID, BYTEAOID};
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', 'n'};
 	EsSpi		spi;
 
-	values[0] = Int32GetDatum(app_id);
+	values[0] = Int32GetDatum(app->id);
 	values[1] = UUIDPGetDatum(originator_id);
 	values[2] = Int64GetDatum(res->version);
 	values[3] = JsonbPGetDatum(res->state);
 	values[4] = Int64GetDatum(generation);
 	values[5] = PointerGetDatum(res->hash);
+	values[6] = (Datum) 0;
+	if (app->settings.encryption)
+	{
+		EsStateIdentity sid = {rels, app->id, app->name, originator_id, res->version, true};
+		char	   *json = JsonbToCString(NULL, &res->state->root, VARSIZE(res->state));
+		int16		form;
+
+		values[6] = PointerGetDatum(EsEncodeState(&sid, (bytea *) cstring_to_text(json),
+												  app->settings.compression, true, &form));
+		nulls[3] = 'n';
+		nulls[6] = ' ';
+	}
 	EsSpiBegin(&spi, rels);
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "INSERT INTO %s (application_id, originator_id, originator_version, state, fold_generation, created_at, event_hash) "
-					 "VALUES ($1, $2, $3, $4, $5, pg_catalog.now(), $6) ON CONFLICT (application_id, originator_id, originator_version) "
+					 "INSERT INTO %s (application_id, originator_id, originator_version, state, fold_generation, created_at, event_hash, stored_state) "
+					 "VALUES ($1, $2, $3, $4, $5, pg_catalog.now(), $6, $7) ON CONFLICT (application_id, originator_id, originator_version) "
 					 "DO UPDATE SET state = excluded.state, fold_generation = excluded.fold_generation, "
-					 "created_at = excluded.created_at, event_hash = excluded.event_hash",
+					 "created_at = excluded.created_at, event_hash = excluded.event_hash, stored_state = excluded.stored_state",
 					 EsQualifiedName(rels, "es_snapshots"));
-	if (SPI_execute_with_args(sql.data, 6, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_with_args(sql.data, 7, argtypes, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "eventsourcing: could not store the snapshot");
 	EsSpiEnd(&spi);
 }
@@ -1502,7 +1556,7 @@ es_state(PG_FUNCTION_ARGS)
 	if (every > 0 && res.folded >= every && at_version < 0 && res.hash != NULL &&
 		!RecoveryInProgress() && !XactReadOnly &&
 		(EsPrivilegesOf(&app.rels, app.id) & ES_PRIV_APPEND))
-		EsStoreSnapshot(&app.rels, app.id, originator_id, &res, generation);
+		EsStoreSnapshot(&app, originator_id, &res, generation);
 	PG_RETURN_JSONB_P(res.state);
 }
 
@@ -1524,6 +1578,6 @@ es_snapshot(PG_FUNCTION_ARGS)
 	res = EsComputeState(&app, originator_id, -1, &generation, &every);
 	if (res.state == NULL || res.hash == NULL)
 		PG_RETURN_NULL();
-	EsStoreSnapshot(&app.rels, app.id, originator_id, &res, generation);
+	EsStoreSnapshot(&app, originator_id, &res, generation);
 	PG_RETURN_INT64(res.version);
 }

@@ -96,8 +96,12 @@ cluster_start() {
         as_pg mkdir -p "$dir/socket"
         as_pg "$PG_BIN/initdb" -D "$dir/data" -U "$PG_USER" --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
             || { cat "$dir/initdb.log" >&2; exit 1; }
+        # The master key of encrypted applications: a file only the server reads,
+        # printed by eventsourcing.key_command when the server starts.
+        as_pg sh -c "umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \\n' > '$dir/master.key'"
         as_pg tee -a "$dir/data/postgresql.conf" >/dev/null <<CONF
 # eventsourcing private cluster ($name)
+eventsourcing.key_command = 'cat $dir/master.key'
 port = $port
 listen_addresses = ''
 unix_socket_directories = '$dir/socket'

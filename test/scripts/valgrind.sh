@@ -12,8 +12,10 @@ build_and_install
 D=$(mktemp -d /tmp/es-valgrind.XXXXXX)
 chmod 755 "$D"; mkdir -p "$D/vg" "$D/sock"; chown -R "$PG_USER" "$D"
 as_pg "$PG_BIN/initdb" -D "$D/data" -U "$PG_USER" --auth=trust >/dev/null
+as_pg sh -c "umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \\n' > '$D/master.key'"
 as_pg tee -a "$D/data/postgresql.conf" >/dev/null <<CONF
 shared_preload_libraries = 'eventsourcing'
+eventsourcing.key_command = 'cat $D/master.key'
 port = 54319
 listen_addresses = ''
 unix_socket_directories = '$D/sock'
