@@ -38,6 +38,7 @@ stop:
 bench:
 	bash test/bench/run.sh
 	bash test/bench/notify_bench.sh
+	bash test/bench/crypto_bench.sh
 
 # PGXS does not track header dependencies.
 $(OBJS): $(wildcard src/*.h)

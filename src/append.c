@@ -337,7 +337,7 @@ EsCheckVersions(const EsApp *app, Relation events, EsEventIn **sorted, int n)
 		for (int i = start; i < end; i++)
 		{
 			EsStateIdentity id = {rels, app_id, application, &sorted[i]->originator_id,
-			sorted[i]->version, false};
+			sorted[i]->version, false, current < 0 && i == start};
 
 			sorted[i]->stored = PointerGetDatum(EsEncodeState(&id, DatumGetByteaPP(sorted[i]->state),
 															  app->settings.compression,

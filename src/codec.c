@@ -83,18 +83,73 @@ EsAad(const EsStateIdentity *id, const uint8 *header, int hlen, int *len)
 	return aad;
 }
 
+/*
+ * zlib, with one deflate stream per backend, reset for each state: setting a
+ * stream up allocates about 256 kB, which would cost more than compressing a
+ * small event.
+ */
 static uint8 *
 EsCompress(const uint8 *plain, uint32 len, uint32 *outlen)
 {
-	uLongf		bound = compressBound(len);
-	uint8	   *out = palloc(bound);
+	static z_stream zs;
+	static bool zs_ready = false;
+	uLong		bound;
+	uint8	   *out;
 
-	if (compress2(out, &bound, plain, len, Z_DEFAULT_COMPRESSION) != Z_OK)
+	if (!zs_ready)
+	{
+		memset(&zs, 0, sizeof(zs));
+		if (deflateInit(&zs, Z_DEFAULT_COMPRESSION) != Z_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("zlib could not set up compression")));
+		zs_ready = true;
+	}
+	else if (deflateReset(&zs) != Z_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("zlib could not reset its compression stream")));
+	bound = deflateBound(&zs, len);
+	out = palloc(bound);
+	zs.next_in = (Bytef *) plain;
+	zs.avail_in = len;
+	zs.next_out = out;
+	zs.avail_out = bound;
+	if (deflate(&zs, Z_FINISH) != Z_STREAM_END)
 		ereport(ERROR,
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 				 errmsg("zlib could not compress a state")));
-	*outlen = (uint32) bound;
+	*outlen = (uint32) zs.total_out;
 	return out;
+}
+
+/* The inflating side: one stream per backend too; false when it does not fit. */
+static bool
+EsDecompress(const uint8 *in, uint32 inlen, uint8 *out, uint32 outlen)
+{
+	static z_stream zs;
+	static bool zs_ready = false;
+	int			rc;
+
+	if (!zs_ready)
+	{
+		memset(&zs, 0, sizeof(zs));
+		if (inflateInit(&zs) != Z_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("zlib could not set up decompression")));
+		zs_ready = true;
+	}
+	else if (inflateReset(&zs) != Z_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("zlib could not reset its decompression stream")));
+	zs.next_in = (Bytef *) in;
+	zs.avail_in = inlen;
+	zs.next_out = out;
+	zs.avail_out = outlen;
+	rc = inflate(&zs, Z_FINISH);
+	return rc == Z_STREAM_END && zs.total_out == outlen && zs.avail_in == 0;
 }
 
 static void
@@ -165,7 +220,8 @@ EsEncodeState(const EsStateIdentity *id, bytea *plain, bool compress, bool encry
 		uint8	   *aad;
 		int			aadlen;
 
-		EsRequireKey(EsDataKey(id->rels, id->app_id, id->originator_id, ES_KEY_CREATE, key), id);
+		EsRequireKey(EsDataKey(id->rels, id->app_id, id->originator_id,
+							   id->first ? ES_KEY_CREATE_NEW : ES_KEY_CREATE, key), id);
 		if (!pg_strong_random(header + ES_HEADER_PLAIN_LEN, ES_NONCE_LEN))
 			ereport(ERROR,
 					(errcode(ERRCODE_INTERNAL_ERROR),
@@ -258,9 +314,7 @@ EsDecodeState(const EsStateIdentity *id, bytea *stored, int16 form)
 	SET_VARSIZE(out, VARHDRSZ + len);
 	if (flags & ES_FLAG_COMPRESSED)
 	{
-		uLongf		outlen = len;
-
-		if (uncompress((Bytef *) VARDATA(out), &outlen, payload, paylen) != Z_OK || outlen != len)
+		if (!EsDecompress(payload, paylen, (uint8 *) VARDATA(out), len))
 			EsDamaged(id, "it does not decompress");
 	}
 	else

@@ -21,6 +21,7 @@ typedef struct EsStateIdentity
 	const pg_uuid_t *originator_id;
 	int64		version;
 	bool		snapshot;		/* a snapshot's state, not an event's */
+	bool		first;			/* the aggregate's first event (it has no key yet) */
 } EsStateIdentity;
 
 extern bytea *EsEncodeState(const EsStateIdentity *id, bytea *plain, bool compress,

@@ -34,10 +34,11 @@
  *
  * Locks and caches: a data key is made under the aggregate's lock (the
  * append path holds it), so two writers never make two keys.  Each backend
- * caches unwrapped keys; making, forgetting and rewrapping a key send a
- * relcache invalidation of es_keys, which empties every backend's cache at
- * commit (and this backend's at abort, so a key of a rolled-back append is
- * never used).  Forgetting takes the aggregate's lock too.
+ * caches unwrapped keys; forgetting and rewrapping a key send a relcache
+ * invalidation of es_keys, which empties every backend's cache at commit.  Making a key sends none: it is not cached by its maker
+ * until its transaction has committed, and "none" is cached only for the
+ * forgotten-or-not probe of plain appends, which a new key does not change.
+ * Forgetting takes the aggregate's lock too.
  */
 #include "postgres.h"
 
@@ -48,6 +49,9 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/xact.h"
+#include "catalog/indexing.h"
+#include "utils/timestamp.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -488,14 +492,18 @@ EsKeyRowExists(const EsRelations *rels, int32 app_id, const pg_uuid_t *originato
 	return status;
 }
 
-/* Makes the aggregate's data key (the caller holds the aggregate's lock). */
+/*
+ * Makes the aggregate's data key (the caller holds the aggregate's lock) and
+ * records it wrapped.  Straight into the heap and its index, as events are:
+ * a new aggregate per event is the common case.
+ */
 static void
 EsMakeDataKey(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator_id, uint8 *out)
 {
-	EsSpi		spi;
-	StringInfoData sql;
-	Oid			argtypes[4] = {INT4OID, UUIDOID, BYTEAOID, BYTEAOID};
-	Datum		values[4];
+	Relation	rel;
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, false, false, true};
+	HeapTuple	tuple;
 
 	EsRequireMasterKey();
 	if (!pg_strong_random(out, ES_KEY_LEN))
@@ -506,17 +514,20 @@ EsMakeDataKey(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator
 	values[1] = UUIDPGetDatum(originator_id);
 	values[2] = PointerGetDatum(EsCurrentKeyId());
 	values[3] = PointerGetDatum(EsWrap(app_id, originator_id, out));
-	EsSpiBegin(&spi, rels);
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "INSERT INTO %s (application_id, originator_id, master_key_id, wrapped_key) "
-					 "VALUES ($1, $2, $3, $4)",
-					 EsQualifiedName(rels, "es_keys"));
-	if (SPI_execute_with_args(sql.data, 4, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "eventsourcing: could not record a data key");
-	EsSpiEnd(&spi);
-	/* Forgotten at abort (this backend), and known to nobody else before commit. */
-	CacheInvalidateRelcacheByRelid(rels->keys);
+	values[4] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	values[5] = (Datum) 0;
+	rel = table_open(rels->keys, RowExclusiveLock);
+	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	CatalogTupleInsert(rel, tuple);
+	heap_freetuple(tuple);
+	table_close(rel, NoLock);
+	CommandCounterIncrement();
+
+	/*
+	 * No invalidation: the new key is not cached here (this transaction may
+	 * roll back), and a backend that cached "no key" does so only for probes,
+	 * for which "none" and "found" mean the same (not forgotten).
+	 */
 }
 
 /*
@@ -565,6 +576,15 @@ EsDataKey(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator_id,
 	}
 
 	/* A probe needs no master key: the row alone says whether it is forgotten. */
+	/*
+	 * An aggregate without events has no key: keys are recorded only with
+	 * the first encrypted event, in its transaction.
+	 */
+	if (mode == ES_KEY_CREATE_NEW)
+	{
+		EsMakeDataKey(rels, app_id, originator_id, key);
+		return ES_KEY_FOUND;
+	}
 	if (mode == ES_KEY_PROBE && EsKeysTableEmpty(rels))
 		return ES_KEY_NONE;		/* no aggregate of this database has ever had a key */
 	if (mode == ES_KEY_PROBE && !EsMasterKeyLoaded())

@@ -30,6 +30,7 @@ typedef enum EsKeyMode
 {
 	ES_KEY_READ,				/* the key, to decrypt */
 	ES_KEY_CREATE,				/* the key, made if missing (under the aggregate's lock) */
+	ES_KEY_CREATE_NEW,			/* the key of an aggregate without events: made */
 	ES_KEY_PROBE				/* only whether the aggregate was forgotten */
 } EsKeyMode;
 

@@ -115,6 +115,7 @@ EsStateOf(const EsApp *app, TupleTableSlot *slot, bool *isnull)
 	id.originator_id = DatumGetUUIDP(slot->tts_values[Anum_es_originator_id - 1]);
 	id.version = DatumGetInt64(slot->tts_values[Anum_es_originator_version - 1]);
 	id.snapshot = false;
+	id.first = false;
 	state = EsDecodeState(&id, DatumGetByteaPP(slot->tts_values[Anum_es_state - 1]), form);
 	*isnull = state == NULL;
 	return PointerGetDatum(state);

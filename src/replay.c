@@ -1389,7 +1389,7 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 	/* An encrypted snapshot: under the aggregate's key, like its events. */
 	if (snap_state == NULL && snap_stored != NULL)
 	{
-		EsStateIdentity sid = {rels, app->id, app->name, originator_id, snap_version, true};
+		EsStateIdentity sid = {rels, app->id, app->name, originator_id, snap_version, true, false};
 		bytea	   *plain = EsDecodeState(&sid, snap_stored, ES_FORM_ENCODED);
 
 		if (plain != NULL)
@@ -1448,7 +1448,7 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 		slot_getallattrs(slot);
 		{
 			int64		version = DatumGetInt64(slot->tts_values[Anum_es_originator_version - 1]);
-			EsStateIdentity eid = {rels, app->id, app->name, originator_id, version, false};
+			EsStateIdentity eid = {rels, app->id, app->name, originator_id, version, false, false};
 			bytea	   *state = EsDecodeState(&eid, DatumGetByteaPP(slot->tts_values[Anum_es_state - 1]),
 											  DatumGetInt16(slot->tts_values[Anum_es_stored_form - 1]));
 
@@ -1502,7 +1502,7 @@ EsStoreSnapshot(const EsApp *app, pg_uuid_t *originator_id,
 	values[6] = (Datum) 0;
 	if (app->settings.encryption)
 	{
-		EsStateIdentity sid = {rels, app->id, app->name, originator_id, res->version, true};
+		EsStateIdentity sid = {rels, app->id, app->name, originator_id, res->version, true, false};
 		char	   *json = JsonbToCString(NULL, &res->state->root, VARSIZE(res->state));
 		int16		form;
 

@@ -8,7 +8,8 @@ PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
 PGXS_DIR="/usr/lib/postgresql/$PG_MAJOR/lib/pgxs"
 PG_USER=postgres
 PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-client-$PG_MAJOR
-          build-essential zlib1g-dev libssl-dev libipc-run-perl python3-psycopg)
+          build-essential zlib1g-dev libssl-dev libipc-run-perl python3-psycopg
+          python3-pycryptodome)
 
 log() { printf '==> %s\n' "$*" >&2; }
 
