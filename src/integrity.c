@@ -65,6 +65,7 @@ const uint8 es_genesis_hash[ES_HASH_LEN] = {0};
 bool		es_allow_rewrite = false;
 
 static EVP_MD_CTX *es_md = NULL;
+static const EVP_MD *es_sha256 = NULL;
 
 static void
 EsDigestBegin(void)
@@ -75,7 +76,18 @@ EsDigestBegin(void)
 		if (es_md == NULL)
 			elog(ERROR, "eventsourcing: out of memory for a digest context");
 	}
-	if (EVP_DigestInit_ex(es_md, EVP_sha256(), NULL) != 1)
+	if (es_sha256 == NULL)
+	{
+		/* Fetched once: OpenSSL 3 looks EVP_sha256() up by name on every use. */
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+		es_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+#else
+		es_sha256 = EVP_sha256();
+#endif
+		if (es_sha256 == NULL)
+			elog(ERROR, "eventsourcing: OpenSSL has no SHA-256");
+	}
+	if (EVP_DigestInit_ex(es_md, es_sha256, NULL) != 1)
 		elog(ERROR, "eventsourcing: could not initialize SHA-256");
 }
 

@@ -94,32 +94,80 @@ static EsMasterKeys *es_master = NULL;
  * AES-256-GCM
  * ---------------------------------------------------------------------
  */
-static EVP_CIPHER_CTX *
-EsCipherContext(void)
-{
-	static EVP_CIPHER_CTX *ctx = NULL;
 
-	if (ctx == NULL)
+/* The cipher, fetched once: OpenSSL 3 looks it up by name on every implicit use. */
+static const EVP_CIPHER *
+EsGcm(void)
+{
+	static const EVP_CIPHER *gcm = NULL;
+
+	if (gcm == NULL)
 	{
-		ctx = EVP_CIPHER_CTX_new();
-		if (ctx == NULL)
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+		gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+#else
+		gcm = EVP_aes_256_gcm();
+#endif
+		if (gcm == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+					 errmsg("OpenSSL has no AES-256-GCM")));
+	}
+	return gcm;
+}
+/*
+ * One cipher context per backend.  It keeps the key schedule of the last key
+ * and direction, so that reading (or writing) many states of one aggregate
+ * sets only a new nonce per state.
+ */
+static EVP_CIPHER_CTX *es_cipher_ctx = NULL;
+static uint8 es_ctx_key[ES_KEY_LEN];
+static int	es_ctx_direction = 0;	/* 0 none, 1 encrypt, 2 decrypt */
+
+static EVP_CIPHER_CTX *
+EsCipherContext(const uint8 *key, int direction)
+{
+	if (es_cipher_ctx == NULL)
+	{
+		es_cipher_ctx = EVP_CIPHER_CTX_new();
+		if (es_cipher_ctx == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OUT_OF_MEMORY),
 					 errmsg("out of memory for a cipher context")));
 	}
-	return ctx;
+	if (es_ctx_direction != direction || memcmp(es_ctx_key, key, ES_KEY_LEN) != 0)
+	{
+		es_ctx_direction = 0;
+		if (EVP_CipherInit_ex(es_cipher_ctx, EsGcm(), NULL, NULL, NULL, direction == 1) != 1 ||
+			EVP_CIPHER_CTX_ctrl(es_cipher_ctx, EVP_CTRL_GCM_SET_IVLEN, ES_NONCE_LEN, NULL) != 1 ||
+			EVP_CipherInit_ex(es_cipher_ctx, NULL, NULL, key, NULL, direction == 1) != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+					 errmsg("AES-256-GCM set-up failed in OpenSSL")));
+		memcpy(es_ctx_key, key, ES_KEY_LEN);
+		es_ctx_direction = direction;
+	}
+	return es_cipher_ctx;
+}
+
+/* Wipes the key the context holds (a key was forgotten or replaced). */
+static void
+EsCipherContextForget(void)
+{
+	if (es_cipher_ctx != NULL)
+		EVP_CIPHER_CTX_reset(es_cipher_ctx);
+	explicit_bzero(es_ctx_key, ES_KEY_LEN);
+	es_ctx_direction = 0;
 }
 
 void
 EsSeal(const uint8 *key, const uint8 *nonce, const uint8 *aad, int aadlen,
 	   const uint8 *plain, int len, uint8 *out, uint8 *tag)
 {
-	EVP_CIPHER_CTX *ctx = EsCipherContext();
+	EVP_CIPHER_CTX *ctx = EsCipherContext(key, 1);
 	int			n;
 
-	if (EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
-		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, ES_NONCE_LEN, NULL) != 1 ||
-		EVP_EncryptInit_ex(ctx, NULL, NULL, key, nonce) != 1 ||
+	if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 ||
 		(aadlen > 0 && EVP_EncryptUpdate(ctx, NULL, &n, aad, aadlen) != 1) ||
 		(len > 0 && EVP_EncryptUpdate(ctx, out, &n, plain, len) != 1) ||
 		EVP_EncryptFinal_ex(ctx, out + len, &n) != 1 ||
@@ -133,12 +181,10 @@ bool
 EsOpen(const uint8 *key, const uint8 *nonce, const uint8 *aad, int aadlen,
 	   const uint8 *cipher, int len, const uint8 *tag, uint8 *out)
 {
-	EVP_CIPHER_CTX *ctx = EsCipherContext();
+	EVP_CIPHER_CTX *ctx = EsCipherContext(key, 2);
 	int			n;
 
-	if (EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
-		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, ES_NONCE_LEN, NULL) != 1 ||
-		EVP_DecryptInit_ex(ctx, NULL, NULL, key, nonce) != 1 ||
+	if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 ||
 		(aadlen > 0 && EVP_DecryptUpdate(ctx, NULL, &n, aad, aadlen) != 1) ||
 		(len > 0 && EVP_DecryptUpdate(ctx, out, &n, cipher, len) != 1) ||
 		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, ES_TAG_LEN, (void *) tag) != 1)
@@ -321,6 +367,7 @@ EsKeyCacheReset(void)
 	HASH_SEQ_STATUS status;
 	EsKeyCacheEntry *e;
 
+	EsCipherContextForget();
 	if (key_cache == NULL)
 		return;
 	hash_seq_init(&status, key_cache);

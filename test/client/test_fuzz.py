@@ -23,7 +23,14 @@ statement_timeout ends), es_partition, the three es_replay forms (plain,
 ORDER BY, FILTER, as window functions, GROUP BY; rows from es_events or made
 up), es_define_fold, es_set_fold_function, es_set_snapshot_every, es_state,
 es_snapshot, es_create_application, es_grant, es_revoke, es_has_privilege,
-and the trigger function es_append_only_guard() called directly.
+es_configure (every NULL/true/false combination, positional and named, and
+unknown applications: the fuzzer switches compression and encryption on and
+off in the applications it administers, so appends, reads, snapshots, folds
+and forgetting run on encrypted and compressed states), es_forget (random,
+real, encrypted and already forgotten aggregates), es_select_stored (the
+hostile start and max_count of es_select), es_rewrap_keys() (only as the role,
+never as a superuser), and the trigger function es_append_only_guard() called
+directly.
 
 What must hold, whatever the arguments:
 
@@ -45,7 +52,21 @@ What must hold, whatever the arguments:
    the end one more append to every application gets highest + 1;
 5. the role never runs a function it has no EXECUTE privilege on (the fold
    function es_fuzz_fold_secret announces itself with a NOTICE), and fold
-   functions run as the role (es_fuzz_fold says as whom).
+   functions run as the role (es_fuzz_fold says as whom);
+6. the stored form follows the application's settings: after a successful
+   append, its events read back (es_select, as the superuser) exactly as sent,
+   and es_select_stored shows form 1 with the encrypted flag when the
+   application encrypts, no encrypted flag when it does not, form 0 when it
+   neither compresses nor encrypts; es_configure sets what it was given and
+   keeps what was NULL; es_select_stored returns es_select's rows (ids,
+   aggregates, versions, topics, hashes), the state as stored;
+7. forgetting: a successful es_forget (a write: it destroys the data key and
+   deletes snapshots, but appends nothing) leaves the aggregate's encrypted
+   events with state NULL and the others readable, no snapshot, a destroyed
+   key, and a chain that verifies; an append to a forgotten aggregate never
+   succeeds, and one that is otherwise valid fails with 55000 (and, like
+   every refused call, writes nothing and uses up no id);
+   es_rewrap_keys() as the role always fails with 42501.
 
 ES_FUZZ_NO_DEEP_PATHS=1 leaves out fold paths of 120000 segments (which crash
 the server as of this writing: folding any operation on such a path builds a
@@ -87,6 +108,10 @@ VERBOSE = os.environ.get("ES_FUZZ_VERBOSE", "") not in ("", "0")   # print every
 
 # Error classes a hostile call may end with.  Anything else fails the test;
 # XX (internal error) and 58 (system error) above all.
+# An otherwise valid append to a forgotten aggregate: 55000, or refused
+# before it gets that far (the role revoked its own admin, read only,
+# serialization, a timeout).
+FORGOTTEN_OK = {"55000", "42501", "25006", "40001", "40P01", "57014"}
 EXPECTED_CLASSES = {"22", "23", "25", "2B", "3D", "40", "42", "53", "54", "55", "57",
                     "0A", "39"}
 FATAL_CLASSES = {"XX", "58"}
@@ -229,6 +254,9 @@ class Fuzzer:
         self.positions: Dict[tuple, int] = {}    # (app, upstream) -> tracked position
         self.highest: Dict[str, int] = {}        # app -> highest id handed out
         self.created: set = set()
+        self.config: Dict[str, tuple] = {}       # app -> (compression, encryption)
+        self.keyed: set = set()                  # (app, uuid) with an encrypted event
+        self.forgotten: set = set()              # (app, uuid) forgotten with es_forget
         self.aggs = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(8)]
         self.kinds = [
             ("append_array", 10), ("append_tracked", 5), ("append_one", 4), ("append_fields", 6),
@@ -238,6 +266,7 @@ class Fuzzer:
             ("set_fold_function", 3), ("set_snapshot_every", 2), ("state", 6), ("snapshot", 3),
             ("create_application", 2), ("grant", 2), ("revoke", 2), ("has_privilege", 1),
             ("direct", 1), ("wait_cancelled", 0.2),
+            ("configure", 3), ("forget", 3), ("rewrap_keys", 1), ("select_stored", 4),
         ]
         self.kind_names = [k for k, _ in self.kinds]
         self.kind_weights = [w for _, w in self.kinds]
@@ -370,7 +399,8 @@ class Fuzzer:
         rows: List[Any] = list(evs)
         if self.chance(0.08):
             rows.insert(rng.randrange(len(rows) + 1), None)
-        if self.chance(0.04):
+        all_null = self.chance(0.04)
+        if all_null:
             rows[rng.randrange(len(rows))] = (None, None, None, None)
         elems = [self.event_row(e) for e in rows]
         plain = Arg("ARRAY[" + ",".join(e.sql for e in elems) + "]::es_event[]",
@@ -383,7 +413,8 @@ class Fuzzer:
             ub = lb + len(rows) - 1 if self.chance(0.9) else lb + len(rows)
             prefix = "[%d:%d]=" % (lb, ub)
             arr = expr("({} || ({})::text)::es_event[]", lit(prefix, "text"), plain)
-            return arr, (evs if None not in rows and ub == lb + len(rows) - 1 else None)
+            return arr, (evs if None not in rows and not all_null and ub == lb + len(rows) - 1
+                         else None)
         if r < 0.18:
             # two-dimensional
             two = Arg("ARRAY[" + ",".join(["ARRAY[" + ",".join(e.sql for e in elems) + "]"] * 2)
@@ -391,7 +422,7 @@ class Fuzzer:
                       [p for e in elems for p in e.params] * 2,
                       "ARRAY[ARRAY[...],ARRAY[...]] of " + plain.desc)
             return two, None
-        return plain, (evs if None not in rows else None)
+        return plain, (evs if None not in rows and not all_null else None)
 
     def topics_arg(self) -> Arg:
         rng = self.rng
@@ -501,13 +532,108 @@ class Fuzzer:
         kind = self.rng.choices(self.kind_names, self.kind_weights)[0]
         call = getattr(self, "c_" + kind)()
         call.fkind = kind
+        if call.meta.get("append") and call.meta.get("events"):
+            self.mark_forgotten_targets(call, kind)
         return call
+
+    def mark_forgotten_targets(self, call: Call, kind: str):
+        """meta forgotten: the events for forgotten aggregates (the append
+        must not succeed); meta clean: a single event that nothing else
+        would refuse (the next version, a good topic, a state, not tracked,
+        an application the role administers), so it must fail with 55000."""
+        evs = call.meta["events"]
+        hits = [(u, v) for (u, v, _t, _s) in evs if (call.app, u) in self.forgotten]
+        if not hits:
+            return
+        call.meta["forgotten"] = hits
+        if (kind in ("append_one", "append_fields") or
+                kind == "append_array" and call.meta["plain_array"]) and len(evs) == 1:
+            u, v, t, s = evs[0]
+            call.meta["clean"] = (v == self.versions.get((call.app, u), 0) + 1
+                                  and t in TOPICS_GOOD and s is not None
+                                  and (call.app in (APP_A, APP_B) or call.app in self.created))
+
+    # --- stored form, forgetting, rotation ----------------------------------
+
+    def admin_app_value(self):
+        """An application the role administers, often; else any."""
+        if self.created and self.chance(0.2):
+            return self.rng.choice(sorted(self.created))
+        return self.app_value(self.chance(0.6))
+
+    def c_configure(self) -> Call:
+        """es_configure with NULL/true/false for each setting, given
+        positionally, by name, or left to their defaults (NULL)."""
+        rng = self.rng
+        app = self.admin_app_value()
+        # biased to true: the applications get compression and encryption
+        comp = rng.choice([None, True, True, False])
+        enc = rng.choice([None, True, True, False])
+        style = rng.random()
+        app_arg = lit(app, "text")
+        if style < 0.4:
+            a = expr("SELECT es_configure({}, {}, {})", app_arg, lit(comp, "boolean"),
+                     lit(enc, "boolean"))
+        elif style < 0.5:
+            enc = None
+            a = expr("SELECT es_configure({}, {})", app_arg, lit(comp, "boolean"))
+        elif style < 0.57:
+            comp = enc = None
+            a = expr("SELECT es_configure({})", app_arg)
+        else:
+            named = [("compression", comp), ("encryption", enc)]
+            named = [(n, v) for n, v in named if v is not None or self.chance(0.5)]
+            rng.shuffle(named)
+            given = dict(named)
+            comp, enc = given.get("compression"), given.get("encryption")
+            parts = [("application", app_arg)] + [(n, lit(v, "boolean")) for n, v in named]
+            if self.chance(0.5):
+                rng.shuffle(parts)
+                template = ", ".join("%s => {}" % n for n, _ in parts)
+            else:
+                template = ", ".join(["{}"] + ["%s => {}" % n for n, _ in parts[1:]])
+            a = expr("SELECT es_configure(" + template + ")", *[x for _, x in parts])
+        return Call("es_configure", a, app, compression=comp, encryption=enc)
+
+    def c_forget(self) -> Call:
+        rng = self.rng
+        app = self.admin_app_value()
+        keyed = sorted(u for (a, u) in self.keyed if a == app and (a, u) not in self.forgotten)
+        forgotten = sorted(u for (a, u) in self.forgotten if a == app)
+        r = rng.random()
+        if r < 0.3 and keyed:
+            u = rng.choice(keyed)
+        elif r < 0.45 and forgotten:
+            u = rng.choice(forgotten)           # again: nothing more to do
+        else:
+            u = self.uuid_value(app)            # known (maybe in clear), random, NULL, zero
+        a = self.render("es_forget", [("application", lit(app, "text")),
+                                      ("originator_id", lit(u, "uuid"))])
+        return Call("es_forget", a, app, target=u)
+
+    def c_rewrap_keys(self) -> Call:
+        text = self.rng.choice(["SELECT es_rewrap_keys()", "SELECT * FROM es_rewrap_keys()",
+                                "SELECT es_rewrap_keys() FROM generate_series(1, 2)"])
+        return Call("es_rewrap_keys", Arg(text), None, rewrap=True)
+
+    def c_select_stored(self) -> Call:
+        rng = self.rng
+        app = self.app_value()
+        h = self.highest.get(app, 0)
+        start = self.bigint(rng.choice([1, max(1, h - 2), h, h + 1]))
+        max_count = self.int(rng.choice([1, 10, 1000]))
+        a = self.render("es_select_stored", [("application", lit(app, "text")),
+                                             ("start", start), ("max_count", max_count)],
+                        srf=True)
+        return Call("es_select_stored", a, app, srf=True, start=start.value,
+                    max_count=max_count.value)
 
     def c_append_array(self) -> Call:
         app = self.app_value(self.chance(0.6))
         arr, evs = self.event_array(app)
         a = self.render("es_append", [("application", lit(app, "text")), ("events", arr)], srf=True)
-        return Call("es_append(app, events[])", a, app, srf=True, append=True, events=evs)
+        return Call("es_append(app, events[])", a, app, srf=True, append=True, events=evs,
+                    plain_array=arr.desc.startswith("ARRAY["))
 
     def c_append_tracked(self) -> Call:
         rng = self.rng
@@ -818,7 +944,8 @@ SELECT
   (SELECT md5(coalesce(string_agg(ctid::text || xmin::text, '|' ORDER BY ctid), '')) FROM es_grants),
   (SELECT md5(coalesce(string_agg(ctid::text || xmin::text, '|' ORDER BY ctid), '')) FROM es_seals),
   (SELECT md5(coalesce(string_agg(ctid::text || xmin::text, '|' ORDER BY ctid), ''))
-     FROM es_snapshots)
+     FROM es_snapshots),
+  (SELECT md5(coalesce(string_agg(ctid::text || xmin::text, '|' ORDER BY ctid), '')) FROM es_keys)
 """
 
 SETUP_SQL = """
@@ -1042,6 +1169,7 @@ class FuzzTest(unittest.TestCase):
         oks = collections.Counter()
         sqlstates = collections.Counter()
         refused_since: Dict[Any, List[str]] = collections.defaultdict(list)
+        forgotten_refusals = collections.Counter()
         gap_ok: set = set()
         read_only = False
         isolation = "read committed"
@@ -1135,6 +1263,15 @@ class FuzzTest(unittest.TestCase):
                     bad_errors[key] += 1
                     if bad_errors[key] == 1:
                         self.fail_soft("%s\n  %s" % (label, bad))
+                if call.meta.get("rewrap") and state != "42501":
+                    self.fail_soft("%s\n  es_rewrap_keys() as %s: %s, expected 42501"
+                                   % (label, ROLE, state))
+                if call.meta.get("clean") and state not in FORGOTTEN_OK:
+                    self.fail_soft("%s\n  an append to forgotten aggregate(s) %s failed with "
+                                   "%s (%s), expected 55000"
+                                   % (label, call.meta["forgotten"], state, msg))
+                if call.meta.get("forgotten"):
+                    forgotten_refusals[state] += 1
                 if state in ("57014", "40P01", "40001") and call.meta.get("append"):
                     gap_ok.add(call.app)     # an append that was interrupted may have used an id
                 if role.execute("SELECT pg_backend_pid()").fetchone()[0] != role_pid:
@@ -1163,6 +1300,11 @@ class FuzzTest(unittest.TestCase):
                                       describe_diff(before, after)))
             else:
                 self.check_success(call, rows, before, after, label, refused_since, gap_ok)
+            if error is None and call.meta.get("rewrap"):
+                self.fail_soft("%s\n  es_rewrap_keys() succeeded for %s" % (label, ROLE))
+            if error is None and call.meta.get("forgotten"):
+                self.fail_soft("%s\n  an append to forgotten aggregate(s) %s succeeded"
+                               % (label, call.meta["forgotten"]))
             before = after
             check_time += time.monotonic() - t_check
             call_time += t_call
@@ -1195,6 +1337,7 @@ class FuzzTest(unittest.TestCase):
             for state in sorted(examples, key=str):
                 self.report("  %s e.g. %s" % (state, examples[state]))
         self.report("es_fuzz_fold ran %d times, always as %s" % (fold_runs, ROLE))
+        self.report_encryption(forgotten_refusals, n_calls == done and crashed is None)
         self.report("slowest calls: " + "; ".join("%.2f s %s" % x for x in slowest))
         for (kind, state, msg), n in sorted(bad_errors.items(), key=str):
             self.report("bad error %dx: %s: %s %s" % (n, kind, state, msg))
@@ -1237,6 +1380,18 @@ class FuzzTest(unittest.TestCase):
             ids = []
         if call.meta.get("create") is not None and call.meta["create"] not in CORE_APPS:
             fz.created.add(call.meta["create"])
+        try:
+            if call.meta.get("append") and ids and call.meta.get("events") is not None:
+                self.check_stored(app, ids, call.meta["events"], label)
+            elif call.kind == "es_configure":
+                self.check_configure(call, label)
+            elif call.kind == "es_forget":
+                self.check_forget(call, label)
+            elif call.kind == "es_select_stored":
+                self.check_select_stored(call, rows, label)
+        except psycopg.Error as e:
+            self.fail_soft("%s\n  the superuser's check after it failed: %s %s"
+                           % (label, e.sqlstate, str(e).strip().splitlines()[0]))
         # events: only the target of an append gains exactly its ids
         for name, b in b_apps.items():
             a = a_apps.get(name)
@@ -1256,6 +1411,143 @@ class FuzzTest(unittest.TestCase):
         if after["tracking"] != expected_tracking:
             self.fail_soft("%s\n  tracking positions were %s, are %s, expected %s"
                            % (label, before["tracking"], after["tracking"], expected_tracking))
+
+    # --- stored form and forgetting -------------------------------------------
+
+    def check_stored(self, app, ids, evs, label):
+        """The events of a successful append: read back as sent, stored in the
+        form the application's settings ask for."""
+        fz = self.fz
+        compression, encryption = fz.config.get(app, (False, False))
+        lo, hi = min(ids), max(ids)
+        rows = self.su.execute(
+            "SELECT s.id, s.stored_form, s.stored_state, e.state "
+            "  FROM es_select_stored(%s, %s, %s) s JOIN es_select(%s, %s, %s) e USING (id)",
+            [app, lo, hi - lo + 1, app, lo, hi - lo + 1]).fetchall()
+        got = {r[0]: r[1:] for r in rows}
+        for nid, (u, v, _t, sent) in zip(ids, evs):
+            if nid not in got:
+                self.fail_soft("%s\n  event %d is missing from es_select_stored/es_select"
+                               % (label, nid))
+                continue
+            form, stored, state = got[nid]
+            if encryption:
+                fz.keyed.add((app, u))
+            if state != sent:
+                self.fail_soft("%s\n  event %d (%s v%s) reads back as %s, was sent as %s"
+                               % (label, nid, u, v, short(state), short(sent)))
+            flags = stored[1] if form == 1 and len(stored) > 1 else 0
+            if form == 1 and (len(stored) < 6 or stored[0] != 1
+                              or int.from_bytes(stored[2:6], "big") != len(sent)):
+                problem = "a bad header: %s" % short(stored[:24])
+            elif encryption and not flags & 2:
+                problem = "not encrypted (form %d, flags %d)" % (form, flags)
+            elif not encryption and flags & 2:
+                problem = "encrypted, though the application does not encrypt"
+            elif not encryption and not compression and form != 0:
+                problem = "form %d, though the application neither compresses nor encrypts" % form
+            elif encryption and len(sent) >= 8 and sent in stored:
+                problem = "the plaintext is in the stored state"
+            else:
+                continue
+            self.fail_soft("%s\n  event %d of %r (compression %s, encryption %s): %s"
+                           % (label, nid, app, compression, encryption, problem))
+
+    def check_configure(self, call, label):
+        fz = self.fz
+        app = call.app
+        old = fz.config.get(app, (False, False))
+        want = tuple(o if n is None else n for o, n in
+                     zip(old, (call.meta["compression"], call.meta["encryption"])))
+        row = self.su.execute("SELECT compression, encryption FROM es_applications "
+                              "WHERE name = %s", [app]).fetchone()
+        if row is None:
+            self.fail_soft("%s\n  es_configure succeeded on %r, which does not exist"
+                           % (label, app))
+            return
+        if tuple(row) != want:
+            self.fail_soft("%s\n  %r was (compression, encryption) %s, is %s, expected %s"
+                           % (label, app, old, tuple(row), want))
+        fz.config[app] = tuple(row)
+
+    def check_forget(self, call, label):
+        """After a successful es_forget (a write without an append): the key is
+        destroyed, the snapshots gone, the chain intact, and only the
+        encrypted states read as NULL."""
+        fz = self.fz
+        app, u = call.app, call.meta["target"]
+        fz.forgotten.add((app, u))
+        destroyed, snapshots, ok = self.su.execute(
+            "SELECT (SELECT bool_and(k.wrapped_key IS NULL AND k.master_key_id IS NULL "
+            "                        AND k.forgotten_at IS NOT NULL) "
+            "          FROM es_keys k WHERE k.application_id = a.id AND k.originator_id = %s), "
+            "       (SELECT count(*) FROM es_snapshots n "
+            "         WHERE n.application_id = a.id AND n.originator_id = %s), "
+            "       (SELECT v.ok FROM es_verify(a.name, %s) v) "
+            "  FROM es_applications a WHERE a.name = %s", [u, u, u, app]).fetchone()
+        if not destroyed or snapshots or not ok:
+            self.fail_soft("%s\n  after es_forget: key destroyed %s, %d snapshots left, "
+                           "es_verify ok %s" % (label, destroyed, snapshots, ok))
+        wrong = self.su.execute(
+            "SELECT s.id, s.stored_form, e.state IS NULL"
+            "  FROM es_select_stored(%s, 1, 1000000) s JOIN es_select(%s, 1, 1000000) e USING (id)"
+            " WHERE s.originator_id = %s"
+            "   AND (e.state IS NULL) <> (s.stored_form = 1 AND get_byte(s.stored_state, 1) & 2 = 2)",
+            [app, app, u]).fetchall()
+        if wrong:
+            self.fail_soft("%s\n  after es_forget, (id, form, state is NULL) of events that "
+                           "should read NULL exactly when encrypted: %s" % (label, wrong[:5]))
+
+    def check_select_stored(self, call, rows, label):
+        """es_select_stored's rows are es_select's, the state as stored."""
+        start, max_count = call.meta["start"], call.meta["max_count"]
+        plain = self.su.execute("SELECT id, originator_id, originator_version, topic, "
+                                "event_hash, state FROM es_select(%s, %s, %s)",
+                                [call.app, start, max_count]).fetchall()
+        if [r[:4] + (r[6],) for r in rows] != [p[:5] for p in plain]:
+            self.fail_soft("%s\n  es_select_stored gave (id, aggregate, version, topic, hash) "
+                           "%s, es_select %s" % (label, [short(r[:4]) for r in rows[:3]],
+                                                 [short(p[:4]) for p in plain[:3]]))
+            return
+        for r, p in zip(rows, plain):
+            form, stored, state = r[4], r[5], p[5]
+            if form == 0 and stored != state:
+                problem = "form 0, yet not the state es_select gives"
+            elif form == 1 and state is not None and (
+                    len(stored) < 6 or int.from_bytes(stored[2:6], "big") != len(state)):
+                problem = "form 1 with a header that does not match the state"
+            elif form == 1 and state is not None and stored[1] & 2 and \
+                    len(state) >= 8 and state in stored:
+                problem = "encrypted, yet the plaintext is in it"
+            elif form not in (0, 1):
+                problem = "unknown form %s" % form
+            else:
+                continue
+            self.fail_soft("%s\n  id %s: %s (stored %s, state %s)"
+                           % (label, r[0], problem, short(stored), short(state)))
+
+    def report_encryption(self, forgotten_refusals, complete):
+        row = self.su.execute(
+            "SELECT count(*) FILTER (WHERE stored_form = 1 AND get_byte(state, 1) & 2 = 2), "
+            "       count(*) FILTER (WHERE stored_form = 1 AND get_byte(state, 1) & 1 = 1), "
+            "       count(*), "
+            "       (SELECT count(*) FROM es_keys WHERE wrapped_key IS NOT NULL), "
+            "       (SELECT count(*) FROM es_keys WHERE wrapped_key IS NULL), "
+            "       (SELECT count(*) FROM es_snapshots WHERE stored_state IS NOT NULL), "
+            "       (SELECT string_agg(name || '=' || compression::int || encryption::int, ' '"
+            "                          ORDER BY id) FROM es_applications"
+            "         WHERE compression OR encryption) "
+            "  FROM es_stored_events").fetchone()
+        encrypted, compressed, total, keys, forgotten, enc_snapshots, configured = row
+        self.report("stored: %d of %d events encrypted, %d compressed; %d data keys, %d "
+                    "forgotten, %d encrypted snapshots; applications (compression, encryption) "
+                    "%s" % (encrypted, total, compressed, keys, forgotten, enc_snapshots,
+                            configured or "none"))
+        self.report("appends refused for forgotten aggregates: " + (", ".join(
+            "%s %d" % kv for kv in sorted(forgotten_refusals.items())) or "none"))
+        if complete and (encrypted == 0 or forgotten == 0):
+            self.fail_soft("encryption was not exercised: %d encrypted events, %d forgotten "
+                           "aggregates" % (encrypted, forgotten))
 
     def final_appends(self, gap_ok, refused_since):
         fz = self.fz
@@ -1288,7 +1580,7 @@ def describe_diff(before, after) -> str:
             out.append("    application %r: %s -> %s" % (name, b, a))
     if before["tracking"] != after["tracking"]:
         out.append("    tracking: %s -> %s" % (before["tracking"], after["tracking"]))
-    tables = ["es_applications", "es_folds", "es_grants", "es_seals", "es_snapshots"]
+    tables = ["es_applications", "es_folds", "es_grants", "es_seals", "es_snapshots", "es_keys"]
     for t, b, a in zip(tables, before["digests"], after["digests"]):
         if a != b:
             out.append("    %s changed" % t)
