@@ -124,7 +124,36 @@ SELECT es_forget('enc', '00000000-0000-0000-0000-0000000000c3');
 -- the stored form is still there for backups (the forgotten states stay ciphertext)
 SELECT count(*) FILTER (WHERE stored_form = 1) AS stored_encoded, count(*) AS events FROM es_select_stored('enc', 1, 100);
 
--- 5. Rotation needs the previous key loaded.
+-- 5. A preset dictionary makes small events much smaller; older ones still read.
+SELECT es_create_application('enc_dict');
+SELECT es_configure('enc_dict', compression => true);
+SELECT es_append('enc_dict', '00000000-0000-0000-0000-0000000000d1', v, 'Ordered',
+    convert_to(format('{"order_id": "%s", "customer": "customer-%s", "currency": "EUR", "shipping": {"method": "standard", "country": "DE"}}',
+                      md5(v::text), v), 'UTF8'))
+FROM generate_series(1, 3) v;
+SELECT es_set_compression_dictionary('enc_dict',
+    convert_to('{"order_id": "", "customer": "customer-", "currency": "EUR", "shipping": {"method": "standard", "country": "DE"}}', 'UTF8'));
+SELECT es_append('enc_dict', '00000000-0000-0000-0000-0000000000d1', v, 'Ordered',
+    convert_to(format('{"order_id": "%s", "customer": "customer-%s", "currency": "EUR", "shipping": {"method": "standard", "country": "DE"}}',
+                      md5(v::text), v), 'UTF8'))
+FROM generate_series(4, 6) v;
+SELECT es_set_compression_dictionary('enc_dict', convert_to('another dictionary', 'UTF8'));
+SELECT es_configure('enc_dict', encryption => true);
+SELECT es_append('enc_dict', '00000000-0000-0000-0000-0000000000d1', 7, 'Ordered', convert_to('{"currency": "EUR", "note": "another dictionary, another dictionary"}', 'UTF8'));
+SELECT es_set_compression_dictionary('enc_dict', NULL);
+SELECT es_append('enc_dict', '00000000-0000-0000-0000-0000000000d1', 8, 'Ordered', convert_to('{"currency": "EUR", "note": "another dictionary, another dictionary"}', 'UTF8'));
+SELECT s.id, s.stored_form, get_byte(s.stored_state, 1) AS flags, length(s.stored_state) AS stored_bytes, length(e.state) AS bytes
+FROM es_select_stored('enc_dict', 1, 100) s JOIN es_select('enc_dict', 1, 100) e USING (id) ORDER BY s.id;
+SELECT count(*) AS readable FROM es_select('enc_dict', 1, 100) WHERE convert_from(state, 'UTF8')::jsonb ->> 'currency' = 'EUR';
+SELECT es_set_compression_dictionary('enc_dict', ''::bytea);
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_set_compression_dictionary('enc_dict', convert_to(repeat('x', 40000), 'UTF8'));
+\echo :LAST_ERROR_SQLSTATE
+SELECT dictionary_id, length(dictionary) FROM es_dictionaries d JOIN es_applications a ON a.id = d.application_id
+WHERE a.name = 'enc_dict' ORDER BY 1;
+SELECT count(*) AS problems FROM es_verify_log('enc_dict');
+
+-- 6. Rotation needs the previous key loaded.
 SELECT es_rewrap_keys();
 \echo :LAST_ERROR_SQLSTATE
 

@@ -136,7 +136,8 @@ COMMENT ON TABLE @extschema@.es_snapshots IS
 
 ALTER TABLE @extschema@.es_applications
     ADD COLUMN compression boolean NOT NULL DEFAULT false,
-    ADD COLUMN encryption boolean NOT NULL DEFAULT false;
+    ADD COLUMN encryption boolean NOT NULL DEFAULT false,
+    ADD COLUMN compression_dictionary integer;
 ALTER TABLE @extschema@.es_stored_events
     ADD COLUMN stored_form smallint NOT NULL DEFAULT 0
         CONSTRAINT es_stored_events_stored_form_check CHECK (stored_form IN (0, 1));
@@ -156,6 +157,18 @@ COMMENT ON TABLE @extschema@.es_keys IS
     'The data key of every aggregate with encrypted states, wrapped (AES-256-GCM) by the master key whose id is master_key_id; NULL with forgotten_at once es_forget destroyed it.';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_keys', '');
 REVOKE ALL ON @extschema@.es_keys FROM PUBLIC;
+
+CREATE TABLE @extschema@.es_dictionaries (
+    application_id  integer NOT NULL,
+    dictionary_id   integer NOT NULL,
+    dictionary      bytea NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT es_dictionaries_pkey PRIMARY KEY (application_id, dictionary_id)
+);
+COMMENT ON TABLE @extschema@.es_dictionaries IS
+    'Preset compression dictionaries of applications (es_set_compression_dictionary), every one kept for the events compressed with it. Stored in clear.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_dictionaries', '');
+REVOKE ALL ON @extschema@.es_dictionaries FROM PUBLIC;
 
 CREATE FUNCTION @extschema@.es_configure(application text, compression boolean DEFAULT NULL,
     encryption boolean DEFAULT NULL)
@@ -201,3 +214,10 @@ ALTER FUNCTION @extschema@.es_verify(text, uuid, bytea) PARALLEL UNSAFE;
 ALTER FUNCTION @extschema@.es_verify_log(text) PARALLEL UNSAFE;
 ALTER FUNCTION @extschema@.es_channel(text) PARALLEL UNSAFE;
 ALTER FUNCTION @extschema@.es_wait(text, bigint, integer) PARALLEL UNSAFE;
+
+CREATE FUNCTION @extschema@.es_set_compression_dictionary(application text, dictionary bytea)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'es_set_compression_dictionary'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_set_compression_dictionary(text, bytea) IS
+    'Makes the bytes (at most 32 kB, typical of the application''s events, never personal data: they are stored in clear) the preset zlib dictionary of its new compressed events; returns its id. NULL stops using one. Needs admin.';

@@ -72,7 +72,8 @@ CREATE TABLE @extschema@.es_applications (
     fold_generation  bigint NOT NULL DEFAULT 0,
     snapshot_every   integer,
     compression      boolean NOT NULL DEFAULT false,
-    encryption       boolean NOT NULL DEFAULT false
+    encryption       boolean NOT NULL DEFAULT false,
+    compression_dictionary integer
 );
 COMMENT ON SEQUENCE @extschema@.es_applications_id_seq IS
     'Numbers applications (es_applications.id).';
@@ -164,6 +165,16 @@ CREATE TABLE @extschema@.es_grants (
 COMMENT ON TABLE @extschema@.es_grants IS
     'Privileges on applications (application_id 0: every application, and the database-wide create), granted to roles (grantee 0: PUBLIC). Written by es_grant, es_revoke and es_create_application; shown by the view es_privileges.';
 
+CREATE TABLE @extschema@.es_dictionaries (
+    application_id  integer NOT NULL,
+    dictionary_id   integer NOT NULL,
+    dictionary      bytea NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT es_dictionaries_pkey PRIMARY KEY (application_id, dictionary_id)
+);
+COMMENT ON TABLE @extschema@.es_dictionaries IS
+    'Preset compression dictionaries of applications (es_set_compression_dictionary), every one kept for the events compressed with it. Stored in clear.';
+
 CREATE TABLE @extschema@.es_keys (
     application_id  integer NOT NULL,
     originator_id   uuid NOT NULL,
@@ -186,12 +197,13 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_tracking', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_watermarks', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_grants', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_dictionaries', '');
 
 -- Only the extension's owner touches the tables: every role goes through the
 -- functions, which check privileges per application (es_grants).
 REVOKE ALL ON @extschema@.es_applications, @extschema@.es_stored_events,
     @extschema@.es_tracking, @extschema@.es_watermarks, @extschema@.es_seals,
-    @extschema@.es_folds, @extschema@.es_snapshots, @extschema@.es_grants, @extschema@.es_keys FROM PUBLIC;
+    @extschema@.es_folds, @extschema@.es_snapshots, @extschema@.es_grants, @extschema@.es_keys, @extschema@.es_dictionaries FROM PUBLIC;
 
 -- Append-only: no role may UPDATE, DELETE or TRUNCATE events or seals, except
 -- a superuser who sets eventsourcing.allow_rewrite (the administrative path).
@@ -516,3 +528,10 @@ AS 'MODULE_PATHNAME', 'es_select_stored'
 LANGUAGE C STABLE PARALLEL UNSAFE ROWS 100;
 COMMENT ON FUNCTION @extschema@.es_select_stored(text, bigint, integer) IS
     'The notification log as stored: states in their stored form (0: as given; 1: header, then compressed and/or encrypted), for backups to other systems or clients that decrypt themselves. Needs read; the ordering guarantee of es_select.';
+
+CREATE FUNCTION @extschema@.es_set_compression_dictionary(application text, dictionary bytea)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'es_set_compression_dictionary'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_set_compression_dictionary(text, bytea) IS
+    'Makes the bytes (at most 32 kB, typical of the application''s events, never personal data: they are stored in clear) the preset zlib dictionary of its new compressed events; returns its id. NULL stops using one. Needs admin.';

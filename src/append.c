@@ -342,6 +342,7 @@ EsCheckVersions(const EsApp *app, Relation events, EsEventIn **sorted, int n)
 			sorted[i]->stored = PointerGetDatum(EsEncodeState(&id, DatumGetByteaPP(sorted[i]->state),
 															  app->settings.compression,
 															  app->settings.encryption,
+															  app->settings.dictionary,
 															  &sorted[i]->form));
 			EsHashEvent(i == start ? head : sorted[i - 1]->hash, application,
 						&sorted[i]->originator_id, sorted[i]->version,

@@ -112,6 +112,7 @@ typedef struct EsAppCacheEntry
 #define Anum_es_app_name			2
 #define Anum_es_app_compression		7
 #define Anum_es_app_encryption		8
+#define Anum_es_app_dictionary		9
 
 static bool rels_valid = false;
 static EsRelations rels_cache;
@@ -191,6 +192,8 @@ EsLookupRelationsExtended(EsRelations *rels, bool missing_ok)
 	rels->grants_pkey = EsRelid(rels->namespace, "es_grants_pkey");
 	rels->keys = EsRelid(rels->namespace, "es_keys");
 	rels->keys_pkey = EsRelid(rels->namespace, "es_keys_pkey");
+	rels->dictionaries = EsRelid(rels->namespace, "es_dictionaries");
+	rels->dictionaries_pkey = EsRelid(rels->namespace, "es_dictionaries_pkey");
 	rels_cache = *rels;
 	rels_valid = true;
 	return true;
@@ -283,7 +286,7 @@ EsLookupApplicationId(const EsRelations *rels, text *name, EsAppSettings *settin
 	Size		len = VARSIZE_ANY_EXHDR(name);
 	char		keybuf[ES_MAX_APPLICATION_BYTES + 1];
 	EsAppCacheEntry *entry;
-	EsAppSettings found_settings = {false, false};
+	EsAppSettings found_settings = {false, false, 0};
 
 	if (len == 0 || len > ES_MAX_APPLICATION_BYTES)
 		return 0;
@@ -324,6 +327,8 @@ EsLookupApplicationId(const EsRelations *rels, text *name, EsAppSettings *settin
 		found_settings.compression = !isnull && DatumGetBool(d);
 		d = heap_getattr(tuple, Anum_es_app_encryption, RelationGetDescr(rel), &isnull);
 		found_settings.encryption = !isnull && DatumGetBool(d);
+		d = heap_getattr(tuple, Anum_es_app_dictionary, RelationGetDescr(rel), &isnull);
+		found_settings.dictionary = isnull ? 0 : DatumGetInt32(d);
 		/* Our own uncommitted row may still roll back: do not cache it. */
 		if (TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tuple->t_data)))
 			cacheable = false;

@@ -32,6 +32,8 @@ typedef struct EsRelations
 	Oid			grants_pkey;	/* (application_id, grantee, privilege) */
 	Oid			keys;			/* es_keys */
 	Oid			keys_pkey;		/* (application_id, originator_id) */
+	Oid			dictionaries;	/* es_dictionaries */
+	Oid			dictionaries_pkey;	/* (application_id, dictionary_id) */
 } EsRelations;
 
 /* An application's settings that the append and read paths need. */
@@ -39,6 +41,7 @@ typedef struct EsAppSettings
 {
 	bool		compression;
 	bool		encryption;
+	int32		dictionary;		/* the preset dictionary to compress with, or 0 */
 } EsAppSettings;
 
 extern void EsLookupRelations(EsRelations *rels);

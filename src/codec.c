@@ -10,13 +10,20 @@
  * encryption); 1, a header and then the payload:
  *
  *	byte 0		format version (1)
- *	byte 1		flags: 1 compressed (zlib), 2 encrypted (AES-256-GCM)
+ *	byte 1		flags: 1 compressed (zlib), 2 encrypted (AES-256-GCM),
+ *				4 compressed with the application's preset dictionary
  *	bytes 2-5	the length of the state as given (uint32, big-endian)
- *	bytes 6-17	the nonce (encrypted only): 96 random bits per state
+ *	bytes 6-9	the dictionary's id (flag 4 only)
+ *	then 12		the nonce (encrypted only): 96 random bits per state
  *	then		the payload: the state, compressed if flag 1, and encrypted if
  *				flag 2, followed by the 16-byte GCM tag
  *
  * Compression comes first and is kept only when it makes the state smaller.
+ * A preset dictionary (es_set_compression_dictionary: bytes typical of the
+ * application's events, given by its admin) makes small events much smaller;
+ * every dictionary an application had is kept, so older events still read.
+ * A dictionary is stored in clear: it must not hold personal data, since
+ * forgetting an aggregate cannot reach it.
  * The associated data of the encryption is the header and the state's
  * identity: the application's name, the aggregate, the version, and whether
  * it is an event or a snapshot.  So a ciphertext cannot be moved to another
@@ -29,7 +36,13 @@
 
 #include <zlib.h>
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "catalog/pg_type.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/rel.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "port/pg_bswap.h"
@@ -44,8 +57,12 @@
 #define ES_CODEC_VERSION		1
 #define ES_FLAG_COMPRESSED		1
 #define ES_FLAG_ENCRYPTED		2
+#define ES_FLAG_DICTIONARY		4
 #define ES_HEADER_PLAIN_LEN		6
-#define ES_HEADER_LEN(flags)	(ES_HEADER_PLAIN_LEN + (((flags) & ES_FLAG_ENCRYPTED) ? ES_NONCE_LEN : 0))
+#define ES_DICT_ID_LEN			4
+#define ES_NONCE_OFFSET(flags)	(ES_HEADER_PLAIN_LEN + (((flags) & ES_FLAG_DICTIONARY) ? ES_DICT_ID_LEN : 0))
+#define ES_HEADER_LEN(flags)	(ES_NONCE_OFFSET(flags) + (((flags) & ES_FLAG_ENCRYPTED) ? ES_NONCE_LEN : 0))
+#define ES_MAX_DICTIONARY		32768	/* zlib's window */
 /* An input state is at most 1 GB; a larger claimed length is damage. */
 #define ES_MAX_STATE_LEN		((uint32) MaxAllocSize - VARHDRSZ)
 
@@ -88,15 +105,85 @@ EsAad(const EsStateIdentity *id, const uint8 *header, int hlen, int *len)
  * stream up allocates about 256 kB, which would cost more than compressing a
  * small event.
  */
+/* A preset dictionary, cached per backend (dictionaries never change). */
+typedef struct EsDictKey
+{
+	int32		app_id;
+	int32		dictionary_id;
+} EsDictKey;
+
+typedef struct EsDictEntry
+{
+	EsDictKey	key;
+	int			len;
+	uint8	   *bytes;			/* in CacheMemoryContext */
+} EsDictEntry;
+
+static EsDictEntry *
+EsDictionary(const EsStateIdentity *id, int32 dictionary_id)
+{
+	static HTAB *dicts = NULL;
+	EsDictKey	key;
+	EsDictEntry *entry;
+	bool		found;
+	Relation	rel;
+	ScanKeyData keys[2];
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	bytea	   *bytes = NULL;
+
+	if (dicts == NULL)
+	{
+		HASHCTL		info;
+
+		info.keysize = sizeof(EsDictKey);
+		info.entrysize = sizeof(EsDictEntry);
+		info.hcxt = CacheMemoryContext;
+		dicts = hash_create("eventsourcing dictionaries", 8, &info, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	memset(&key, 0, sizeof(key));
+	key.app_id = id->app_id;
+	key.dictionary_id = dictionary_id;
+	entry = hash_search(dicts, &key, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry;
+
+	rel = table_open(id->rels->dictionaries, AccessShareLock);
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(id->app_id));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(dictionary_id));
+	scan = systable_beginscan(rel, id->rels->dictionaries_pkey, true, NULL, 2, keys);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, 3, RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			bytes = DatumGetByteaPCopy(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (bytes == NULL || VARSIZE_ANY_EXHDR(bytes) > ES_MAX_DICTIONARY)
+		return NULL;
+	entry = hash_search(dicts, &key, HASH_ENTER, &found);
+	entry->len = VARSIZE_ANY_EXHDR(bytes);
+	entry->bytes = MemoryContextAlloc(CacheMemoryContext, Max(entry->len, 1));
+	memcpy(entry->bytes, VARDATA_ANY(bytes), entry->len);
+	return entry;
+}
+
 /*
- * Small states use zlib's fixed Huffman codes: about 10% larger than with
- * codes of their own, but decoding them builds no tables, which halves the
- * cost of reading a small event (measured on ~250-byte JSON events).
+ * zlib, with deflate streams kept per backend and reset for each state:
+ * setting a stream up allocates about 256 kB, which would cost more than
+ * compressing a small event.  Small states use fixed Huffman codes: about
+ * 10% larger than with codes of their own, but decoding them builds no
+ * tables, which halves the cost of reading a small event (measured on
+ * ~250-byte JSON events).
  */
 #define ES_FIXED_CODES_BELOW	1024
 
 static uint8 *
-EsCompress(const uint8 *plain, uint32 len, uint32 *outlen)
+EsCompress(const uint8 *plain, uint32 len, const EsDictEntry *dict, uint32 *outlen)
 {
 	static z_stream streams[2];
 	static bool ready[2] = {false, false};
@@ -119,6 +206,10 @@ EsCompress(const uint8 *plain, uint32 len, uint32 *outlen)
 		ereport(ERROR,
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 				 errmsg("zlib could not reset its compression stream")));
+	if (dict != NULL && deflateSetDictionary(zs, dict->bytes, dict->len) != Z_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("zlib could not use the preset dictionary")));
 	bound = deflateBound(zs, len);
 	out = palloc(bound);
 	zs->next_in = (Bytef *) plain;
@@ -135,7 +226,7 @@ EsCompress(const uint8 *plain, uint32 len, uint32 *outlen)
 
 /* The inflating side: one stream per backend too; false when it does not fit. */
 static bool
-EsDecompress(const uint8 *in, uint32 inlen, uint8 *out, uint32 outlen)
+EsDecompress(const uint8 *in, uint32 inlen, const EsDictEntry *dict, uint8 *out, uint32 outlen)
 {
 	static z_stream zs;
 	static bool zs_ready = false;
@@ -159,6 +250,12 @@ EsDecompress(const uint8 *in, uint32 inlen, uint8 *out, uint32 outlen)
 	zs.next_out = out;
 	zs.avail_out = outlen;
 	rc = inflate(&zs, Z_FINISH);
+	if (rc == Z_NEED_DICT)
+	{
+		if (dict == NULL || inflateSetDictionary(&zs, dict->bytes, dict->len) != Z_OK)
+			return false;
+		rc = inflate(&zs, Z_FINISH);
+	}
 	return rc == Z_STREAM_END && zs.total_out == outlen && zs.avail_in == 0;
 }
 
@@ -182,13 +279,14 @@ EsRequireKey(EsKeyStatus status, const EsStateIdentity *id)
  * nor encryption (or compression that does not pay), the state as given.
  */
 bytea *
-EsEncodeState(const EsStateIdentity *id, bytea *plain, bool compress, bool encrypt, int16 *form)
+EsEncodeState(const EsStateIdentity *id, bytea *plain, bool compress, bool encrypt,
+			  int32 dictionary, int16 *form)
 {
 	uint32		len = VARSIZE_ANY_EXHDR(plain);
 	const uint8 *payload = (const uint8 *) VARDATA_ANY(plain);
 	uint32		paylen = len;
 	uint8		flags = 0;
-	uint8		header[ES_HEADER_PLAIN_LEN + ES_NONCE_LEN];
+	uint8		header[ES_HEADER_PLAIN_LEN + ES_DICT_ID_LEN + ES_NONCE_LEN];
 	uint32		be = pg_hton32(len);
 	int			hlen;
 	bytea	   *out;
@@ -197,13 +295,21 @@ EsEncodeState(const EsStateIdentity *id, bytea *plain, bool compress, bool encry
 	if (compress && len > 0)
 	{
 		uint32		clen;
-		uint8	   *c = EsCompress(payload, len, &clen);
+		const EsDictEntry *dict = dictionary > 0 ? EsDictionary(id, dictionary) : NULL;
+		uint8	   *c = EsCompress(payload, len, dict, &clen);
 
-		if (clen + ES_HEADER_PLAIN_LEN < len)
+		if (clen + ES_HEADER_PLAIN_LEN + (dict ? ES_DICT_ID_LEN : 0) < len)
 		{
 			payload = c;
 			paylen = clen;
 			flags |= ES_FLAG_COMPRESSED;
+			if (dict)
+			{
+				uint32		dbe = pg_hton32((uint32) dictionary);
+
+				flags |= ES_FLAG_DICTIONARY;
+				memcpy(header + ES_HEADER_PLAIN_LEN, &dbe, ES_DICT_ID_LEN);
+			}
 		}
 	}
 	if (encrypt)
@@ -232,13 +338,13 @@ EsEncodeState(const EsStateIdentity *id, bytea *plain, bool compress, bool encry
 
 		EsRequireKey(EsDataKey(id->rels, id->app_id, id->originator_id,
 							   id->first ? ES_KEY_CREATE_NEW : ES_KEY_CREATE, key), id);
-		if (!pg_strong_random(header + ES_HEADER_PLAIN_LEN, ES_NONCE_LEN))
+		if (!pg_strong_random(header + ES_NONCE_OFFSET(flags), ES_NONCE_LEN))
 			ereport(ERROR,
 					(errcode(ERRCODE_INTERNAL_ERROR),
 					 errmsg("could not generate a random nonce")));
 		aad = EsAad(id, header, hlen, &aadlen);
 		memcpy(o, header, hlen);
-		EsSeal(key, header + ES_HEADER_PLAIN_LEN, aad, aadlen, payload, paylen,
+		EsSeal(key, header + ES_NONCE_OFFSET(flags), aad, aadlen, payload, paylen,
 			   o + hlen, o + hlen + paylen);
 		explicit_bzero(key, ES_KEY_LEN);
 	}
@@ -283,7 +389,8 @@ EsDecodeState(const EsStateIdentity *id, bytea *stored, int16 form)
 	if (form != ES_FORM_ENCODED)
 		EsDamaged(id, "unknown stored form");
 	if (slen < ES_HEADER_PLAIN_LEN || s[0] != ES_CODEC_VERSION ||
-		(s[1] & ~(ES_FLAG_COMPRESSED | ES_FLAG_ENCRYPTED)) != 0)
+		(s[1] & ~(ES_FLAG_COMPRESSED | ES_FLAG_ENCRYPTED | ES_FLAG_DICTIONARY)) != 0 ||
+		((s[1] & ES_FLAG_DICTIONARY) && !(s[1] & ES_FLAG_COMPRESSED)))
 		EsDamaged(id, "bad header");
 	flags = s[1];
 	memcpy(&len, s + 2, 4);
@@ -310,7 +417,7 @@ EsDecodeState(const EsStateIdentity *id, bytea *stored, int16 form)
 		paylen -= ES_TAG_LEN;
 		aad = EsAad(id, s, hlen, &aadlen);
 		opened = palloc(Max(paylen, 1) + 32);
-		if (!EsOpen(key, s + ES_HEADER_PLAIN_LEN, aad, aadlen, payload, paylen,
+		if (!EsOpen(key, s + ES_NONCE_OFFSET(flags), aad, aadlen, payload, paylen,
 					payload + paylen, opened))
 		{
 			explicit_bzero(key, ES_KEY_LEN);
@@ -324,7 +431,18 @@ EsDecodeState(const EsStateIdentity *id, bytea *stored, int16 form)
 	SET_VARSIZE(out, VARHDRSZ + len);
 	if (flags & ES_FLAG_COMPRESSED)
 	{
-		if (!EsDecompress(payload, paylen, (uint8 *) VARDATA(out), len))
+		const EsDictEntry *dict = NULL;
+
+		if (flags & ES_FLAG_DICTIONARY)
+		{
+			uint32		dbe;
+
+			memcpy(&dbe, s + ES_HEADER_PLAIN_LEN, ES_DICT_ID_LEN);
+			dict = EsDictionary(id, (int32) pg_ntoh32(dbe));
+			if (dict == NULL)
+				EsDamaged(id, "its compression dictionary is missing");
+		}
+		if (!EsDecompress(payload, paylen, dict, (uint8 *) VARDATA(out), len))
 			EsDamaged(id, "it does not decompress");
 	}
 	else
@@ -383,4 +501,70 @@ es_configure(PG_FUNCTION_ARGS)
 	/* Every backend's application cache (and its settings) forgets, at commit. */
 	CacheInvalidateRelcacheByRelid(app.rels.applications);
 	PG_RETURN_VOID();
+}
+
+/*
+ * es_set_compression_dictionary(application text, dictionary bytea)
+ *	RETURNS integer
+ *
+ * Makes `dictionary` (at most 32 kB: bytes typical of the application's
+ * events, such as their field names and common values) the preset
+ * dictionary of its new compressed events, and returns its id; NULL stops
+ * using one.  Earlier dictionaries are kept for the events compressed with
+ * them.  Needs admin.  Stored in clear: never put personal data in it.
+ */
+PG_FUNCTION_INFO_V1(es_set_compression_dictionary);
+Datum
+es_set_compression_dictionary(PG_FUNCTION_ARGS)
+{
+	EsApp		app;
+	EsSpi		spi;
+	StringInfoData sql;
+	Oid			argtypes[2] = {INT4OID, BYTEAOID};
+	Datum		values[2];
+	int32		dictionary_id = 0;
+	bool		isnull;
+
+	if (!PG_ARGISNULL(1))
+	{
+		Size		len = VARSIZE_ANY_EXHDR(PG_GETARG_BYTEA_PP(1));
+
+		if (len == 0 || len > ES_MAX_DICTIONARY)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("dictionary must be 1 to %d bytes", ES_MAX_DICTIONARY),
+					 errdetail("The given dictionary has %zu bytes.", len)));
+	}
+	EsOpenApp(&app, fcinfo, 0, ES_PRIV_ADMIN);
+	PreventCommandIfReadOnly("es_set_compression_dictionary()");
+	values[0] = Int32GetDatum(app.id);
+	EsSpiBegin(&spi, &app.rels);
+	initStringInfo(&sql);
+	if (!PG_ARGISNULL(1))
+	{
+		values[1] = PG_GETARG_DATUM(1);
+		appendStringInfo(&sql,
+						 "INSERT INTO %s (application_id, dictionary_id, dictionary) "
+						 "SELECT $1, COALESCE(pg_catalog.max(dictionary_id), 0) OPERATOR(pg_catalog.+) 1, $2 FROM %s "
+						 "WHERE application_id OPERATOR(pg_catalog.=) $1 RETURNING dictionary_id",
+						 EsQualifiedName(&app.rels, "es_dictionaries"),
+						 EsQualifiedName(&app.rels, "es_dictionaries"));
+		if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
+			SPI_processed != 1)
+			elog(ERROR, "eventsourcing: could not record the dictionary");
+		dictionary_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		resetStringInfo(&sql);
+	}
+	values[1] = Int32GetDatum(dictionary_id);
+	argtypes[1] = INT4OID;
+	appendStringInfo(&sql,
+					 "UPDATE %s SET compression_dictionary = NULLIF($2, 0) WHERE id OPERATOR(pg_catalog.=) $1",
+					 EsQualifiedName(&app.rels, "es_applications"));
+	if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "eventsourcing: could not update es_applications");
+	EsSpiEnd(&spi);
+	CacheInvalidateRelcacheByRelid(app.rels.applications);
+	if (dictionary_id == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT32(dictionary_id);
 }

@@ -25,7 +25,7 @@ typedef struct EsStateIdentity
 } EsStateIdentity;
 
 extern bytea *EsEncodeState(const EsStateIdentity *id, bytea *plain, bool compress,
-							bool encrypt, int16 *form);
+							bool encrypt, int32 dictionary, int16 *form);
 extern bytea *EsDecodeState(const EsStateIdentity *id, bytea *stored, int16 form);
 
 #endif							/* ES_CODEC_H */

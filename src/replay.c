@@ -1507,7 +1507,8 @@ EsStoreSnapshot(const EsApp *app, pg_uuid_t *originator_id,
 		int16		form;
 
 		values[6] = PointerGetDatum(EsEncodeState(&sid, (bytea *) cstring_to_text(json),
-												  app->settings.compression, true, &form));
+												  app->settings.compression, true,
+												  app->settings.dictionary, &form));
 		nulls[3] = 'n';
 		nulls[6] = ' ';
 	}

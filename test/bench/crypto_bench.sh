@@ -1,8 +1,9 @@
 #!/bin/bash
 # Compression and encryption, side by side in one run on a throwaway cluster:
-# es_append at 1 and 32 clients and in batches of 100 (8 clients), for four
+# es_append at 1 and 32 clients and in batches of 100 (8 clients), for six
 # applications that differ only in es_configure (neither, compression,
-# encryption, both); es_select of 1,000 events and es_state of a
+# compression with a preset dictionary, encryption, compression and
+# encryption, all three); es_select of 1,000 events and es_state of a
 # 10,000-event aggregate, plain and encrypted; the stored bytes per event.
 # Events are small realistic JSON documents (about 250 bytes).
 #
@@ -15,7 +16,7 @@ SECONDS_PER_RUN=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-2}
 BENCH="$ROOT/test/bench"
 RESULTS="$BENCH/results"
-CONFIGS="neither compression encryption both"
+CONFIGS="neither compression dictionary encryption both all"
 
 ensure_packages
 build_and_install
@@ -42,6 +43,11 @@ SELECT es_create_application(c) FROM unnest(string_to_array('$CONFIGS', ' ')) c;
 SELECT es_configure('compression', compression => true);
 SELECT es_configure('encryption', encryption => true);
 SELECT es_configure('both', compression => true, encryption => true);
+SELECT es_configure('dictionary', compression => true);
+SELECT es_configure('all', compression => true, encryption => true);
+-- a dictionary an admin would write: the events' field names and common values
+SELECT es_set_compression_dictionary(a, convert_to('{"order_id": "", "customer": "customer-", "sku": "SKU-", "quantity": , "unit_price": , "currency": "EUR", "shipping": {"method": "standard", "country": "DE", "postcode": ""}, "placed_at": "2026-11-25T', 'UTF8'))
+FROM unnest(ARRAY['dictionary', 'all']) a;
 SQL
 for c in $CONFIGS; do
     echo "SELECT es_append('$c', gen_random_uuid(), 1, 'Shop.OrderLineAdded', $EVENT);" >"$WORK/one_$c.sql"
@@ -124,26 +130,30 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 {
     echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), synchronous_commit on, fsync on; pgbench -M prepared, ${SECONDS_PER_RUN}s per run, mean of $ROUNDS rounds, all in one run ($(date -u +%Y-%m-%d)). Events: JSON order lines of about ${PLAIN[neither]} bytes, a new aggregate each."
     echo
-    echo "| es_append | neither tps | compression | encryption | both | both / neither |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    echo "| es_append, tps | $(echo $CONFIGS | sed 's/ / | /g') | all / neither |"
+    echo "| --- |$(for c in $CONFIGS; do printf ' ---: |'; done) ---: |"
     for kind in "one 1:1 client, one event" "one 32:32 clients, one event" "batch 8:8 clients, batches of 100 (calls/s)"; do
         IFS=: read -r key label <<<"$kind"
         read -r script clients <<<"$key"
-        n=$(mean ${TPS[$script,$clients,neither]})
-        echo "| $label | $n | $(mean ${TPS[$script,$clients,compression]}) | $(mean ${TPS[$script,$clients,encryption]}) | $(mean ${TPS[$script,$clients,both]}) | $(ratio "$(mean ${TPS[$script,$clients,both]})" "$n") |"
+        row="| $label |"
+        for c in $CONFIGS; do row="$row $(mean ${TPS[$script,$clients,$c]}) |"; done
+        echo "$row $(ratio "$(mean ${TPS[$script,$clients,all]})" "$(mean ${TPS[$script,$clients,neither]})") |"
     done
     echo
-    echo "| reads, ms | neither | compression | encryption | both | both / neither |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    echo "| reads, ms | $(echo $CONFIGS | sed 's/ / | /g') | all / neither |"
+    echo "| --- |$(for c in $CONFIGS; do printf ' ---: |'; done) ---: |"
     for s in "select:es_select of 1,000 events" "state:es_state of a 10,000-event aggregate"; do
         IFS=: read -r key label <<<"$s"
-        n=$(mean ${RLAT[$key,neither]})
-        echo "| $label | $n | $(mean ${RLAT[$key,compression]}) | $(mean ${RLAT[$key,encryption]}) | $(mean ${RLAT[$key,both]}) | $(ratio "$(mean ${RLAT[$key,both]})" "$n") |"
+        row="| $label |"
+        for c in $CONFIGS; do row="$row $(mean ${RLAT[$key,$c]}) |"; done
+        echo "$row $(ratio "$(mean ${RLAT[$key,all]})" "$(mean ${RLAT[$key,neither]})") |"
     done
     echo
-    echo "| stored bytes per event | neither | compression | encryption | both |"
-    echo "| --- | ---: | ---: | ---: | ---: |"
-    echo "| state as given ${PLAIN[neither]} | ${SIZE[neither]} | ${SIZE[compression]} | ${SIZE[encryption]} | ${SIZE[both]} |"
+    echo "| stored bytes per event | $(echo $CONFIGS | sed 's/ / | /g') |"
+    echo "| --- |$(for c in $CONFIGS; do printf ' ---: |'; done)"
+    row="| state as given: ${PLAIN[neither]} |"
+    for c in $CONFIGS; do row="$row ${SIZE[$c]} |"; done
+    echo "$row"
     echo
     read -r dp da dd <<<"$DICT"
     echo "zlib on these events: $dp bytes become $da alone, $dd with a preset dictionary of 100 sample events (deflateSetDictionary, measured with Python's zlib on the same states)."

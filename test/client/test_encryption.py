@@ -49,6 +49,7 @@ import importlib
 import json
 import os
 import sys
+import threading
 import time
 import unittest
 import uuid
@@ -711,6 +712,62 @@ class EncryptionTest(unittest.TestCase):
         with self.assertRaises(psycopg.errors.ObjectNotInPrerequisiteState) as cm:
             app.conn.execute("SELECT es_forget(%s, %s)", (app.name, uuid.uuid4()))
         self.assertSqlstate(cm, "55000")
+
+    def test_d_forget_while_an_append_waits(self):
+        """An append of the aggregate that waits for a concurrent es_forget
+        (the aggregate's lock) is refused once the forgetting commits, also by
+        a backend that had the data key cached from reading the aggregate,
+        with the application encrypting or not."""
+        app = self.school("race")
+        admin = self.connect(OWNER)
+        writer = app.conn
+        writer.execute("SET statement_timeout = '30s'")
+
+        def wait_until_blocked(pid):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                row = self.su.execute("SELECT wait_event_type FROM pg_stat_activity "
+                                      "WHERE pid = %s", (pid,)).fetchone()
+                if row and row[0] == "Lock":
+                    return
+                time.sleep(0.01)
+            self.fail("the append did not wait for the forgetting")
+
+        for encryption, dog_id in ((True, self.fido), (False, self.millie)):
+            with self.subTest(encryption=encryption):
+                app.conn.execute("SELECT es_configure(%s, encryption => %s)",
+                                 (app.name, encryption))
+                # the writer reads the dog: its backend has the data key at hand
+                dog = app.get(dog_id)
+                self.assertEqual(len(app.select()), app.max_id())
+                max_before, version = app.max_id(), dog.version
+                outcome: dict = {}
+
+                def append():
+                    try:
+                        outcome["id"] = writer.execute(
+                            "SELECT es_append(%s, %s, %s, %s, %s)",
+                            (app.name, dog_id, version + 1, Dog.TrickAdded.topic(),
+                             b'{"trick": "too late"}')).fetchone()[0]
+                    except psycopg.Error as e:
+                        outcome["error"] = e
+
+                with admin.transaction():
+                    admin.execute("SELECT es_forget(%s, %s)", (app.name, dog_id))
+                    t = threading.Thread(target=append)
+                    t.start()
+                    wait_until_blocked(writer.info.backend_pid)
+                t.join(30)
+                self.assertFalse(t.is_alive())
+                self.assertNotIn("id", outcome,
+                                 "an append waiting for es_forget recorded event %s (version %d) "
+                                 "of the forgotten aggregate" % (outcome.get("id"), version + 1))
+                self.assertIsInstance(outcome.get("error"),
+                                      psycopg.errors.ObjectNotInPrerequisiteState, outcome)
+                self.assertEqual(app.max_id(), max_before)
+                self.assertEqual([s for _, s in app.conn.execute(
+                    "SELECT originator_version, state FROM es_events(%s, %s)",
+                    (app.name, dog_id)).fetchall()], [None] * version)
 
     # (e) -------------------------------------------------------------------
 
