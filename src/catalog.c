@@ -423,6 +423,13 @@ EsLockAggregate(int32 app_id, const pg_uuid_t *originator_id)
 						 hash_bytes(originator_id->data, UUID_LEN),
 						 ES_AGGREGATE_LOCK_CLASS);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+
+	/*
+	 * What committed while we waited (an es_forget, a new data key) must be
+	 * seen now: advisory locks, unlike relation locks, do not read the
+	 * invalidation queue.
+	 */
+	AcceptInvalidationMessages();
 }
 
 /* search_path = pg_catalog, pg_temp until the current GUC nest level ends. */
