@@ -153,7 +153,30 @@ SELECT dictionary_id, length(dictionary) FROM es_dictionaries d JOIN es_applicat
 WHERE a.name = 'enc_dict' ORDER BY 1;
 SELECT count(*) AS problems FROM es_verify_log('enc_dict');
 
--- 6. Rotation needs the previous key loaded.
+-- 6. A refused append rolls its new data key back: a retry makes another,
+-- and another session reads what the retry recorded.
+SELECT es_create_application('enc_retry');
+SELECT es_configure('enc_retry', encryption => true);
+SELECT es_append('enc_retry', '00000000-0000-0000-0000-0000000000b1', 1, 'T', '{}');
+SELECT * FROM es_append('enc_retry', ARRAY[
+    ROW('00000000-0000-0000-0000-0000000000a1', 1, 'T', '{"a": 1}')::es_event,
+    ROW('00000000-0000-0000-0000-0000000000a1', 2, 'T', '{"a": 2}')::es_event,
+    ROW('00000000-0000-0000-0000-0000000000b1', 1, 'T', '{}')::es_event]);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM es_append('enc_retry', ARRAY[
+    ROW('00000000-0000-0000-0000-0000000000a1', 1, 'T', '{"a": 1}')::es_event,
+    ROW('00000000-0000-0000-0000-0000000000a1', 2, 'T', '{"a": 2}')::es_event]);
+\c -
+SELECT originator_version, convert_from(state, 'UTF8') FROM es_events('enc_retry', '00000000-0000-0000-0000-0000000000a1');
+-- forgetting an aggregate whose events were recorded in clear says so
+SELECT es_configure('enc_retry', encryption => false);
+SELECT es_append('enc_retry', '00000000-0000-0000-0000-0000000000c1', 1, 'T', '{"c": 1}');
+SELECT es_configure('enc_retry', encryption => true);
+SELECT es_append('enc_retry', '00000000-0000-0000-0000-0000000000c1', 2, 'T', '{"c": 2}');
+SELECT es_forget('enc_retry', '00000000-0000-0000-0000-0000000000c1');
+SELECT originator_version, state IS NULL AS forgotten FROM es_events('enc_retry', '00000000-0000-0000-0000-0000000000c1');
+
+-- 7. Rotation needs the previous key loaded.
 SELECT es_rewrap_keys();
 \echo :LAST_ERROR_SQLSTATE
 

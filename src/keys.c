@@ -464,9 +464,13 @@ EsCurrentKeyId(void)
 	return id;
 }
 
-/* Reads the es_keys row of an aggregate (latest snapshot). */
+/*
+ * Reads the es_keys row of an aggregate (latest snapshot); *own says it was
+ * made by this transaction, which may still roll back.
+ */
 static EsKeyStatus
-EsReadKeyRow(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator_id, uint8 *out)
+EsReadKeyRow(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator_id, uint8 *out,
+			 bool *own)
 {
 	Relation	rel = table_open(rels->keys, AccessShareLock);
 	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
@@ -479,12 +483,15 @@ EsReadKeyRow(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator_
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
 	scan = systable_beginscan(rel, rels->keys_pkey, true, snapshot, 2, keys);
 	tuple = systable_getnext(scan);
+	*own = false;
 	if (HeapTupleIsValid(tuple))
 	{
 		bool		id_null;
 		bool		wrapped_null;
 		Datum		id = heap_getattr(tuple, 3, RelationGetDescr(rel), &id_null);
 		Datum		wrapped = heap_getattr(tuple, 4, RelationGetDescr(rel), &wrapped_null);
+
+		*own = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tuple->t_data));
 
 		if (id_null || wrapped_null)
 			status = ES_KEY_FORGOTTEN;
@@ -590,6 +597,7 @@ EsDataKey(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator_id,
 	EsKeyCacheEntry *entry;
 	EsKeyStatus status;
 	bool		found;
+	bool		own = false;
 
 	if (!key_callback)
 	{
@@ -640,9 +648,12 @@ EsDataKey(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator_id,
 	{
 		uint8		scratch[ES_KEY_LEN];
 
-		status = EsReadKeyRow(rels, app_id, originator_id, key ? key : scratch);
+		status = EsReadKeyRow(rels, app_id, originator_id, key ? key : scratch, &own);
 		explicit_bzero(scratch, ES_KEY_LEN);
 	}
+	/* A key this transaction made is known only once it commits. */
+	if (own)
+		return status;
 	if (status == ES_KEY_NONE && mode == ES_KEY_CREATE)
 	{
 		EsMakeDataKey(rels, app_id, originator_id, key);
@@ -709,6 +720,25 @@ es_forget(PG_FUNCTION_ARGS)
 					 EsQualifiedName(&app.rels, "es_snapshots"));
 	if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "eventsourcing: could not delete the snapshots");
+	resetStringInfo(&sql);
+	/* Events stored in clear (form 0, or form 1 without the encrypted flag) stay readable. */
+	appendStringInfo(&sql,
+					 "SELECT pg_catalog.count(*) FROM %s WHERE application_id OPERATOR(pg_catalog.=) $1 "
+					 "AND originator_id OPERATOR(pg_catalog.=) $2 AND (stored_form OPERATOR(pg_catalog.=) 0 "
+					 "OR (pg_catalog.get_byte(state, 1) OPERATOR(pg_catalog.&) 2) OPERATOR(pg_catalog.=) 0)",
+					 EsQualifiedName(&app.rels, "es_stored_events"));
+	if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "eventsourcing: could not count the aggregate's events");
+	{
+		bool		isnull;
+		int64		in_clear = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (in_clear > 0)
+			ereport(WARNING,
+					(errmsg(INT64_FORMAT " events of aggregate %s of application \"%s\" are not encrypted and were not forgotten",
+							in_clear, EsUuidOut(originator_id), app.cname),
+					 errdetail("They were recorded before the application encrypted; only its encrypted states and its snapshots are gone.")));
+	}
 	EsSpiEnd(&spi);
 	CacheInvalidateRelcacheByRelid(app.rels.keys);
 	PG_RETURN_VOID();

@@ -36,7 +36,14 @@ What it checks:
     are gone, another dog is untouched, and a new event for it is refused with
     55000 and writes nothing;
 (e) a reader with only 'read' reads the plaintext, and es_forget, es_configure,
-    es_append and es_rewrap_keys refuse it with 42501.
+    es_append and es_rewrap_keys refuse it with 42501;
+
+and two ways a backend's cache of data keys could betray it: a client that
+retries, in the same session, an append refused after it made a new dog's
+data key must record a key that every session reads (as of this writing it
+reuses the rolled-back key it cached: the events read back only in that
+session, 22P03 elsewhere); an append that waited for a concurrent es_forget of
+its aggregate must be refused with 55000.
 
 The library's source is taken from an installed `eventsourcing` package if
 there is one, else from ../shared/peers/eventsourcing beside the checkout (or
@@ -509,6 +516,44 @@ class EncryptionTest(unittest.TestCase):
         stored = [r for r in app.select_stored() if r.originator_id == odd]
         self.assertEqual([r.stored_form for r in stored], [1, 1, 1])
         self.assertEqual(bytes(stored[0].stored_state)[1] & FLAG_ENCRYPTED, FLAG_ENCRYPTED)
+
+    def test_a_retry_after_a_refused_append(self):
+        """A client retries a refused append (the batch made a new dog's data
+        key, then a conflict undid it) without the conflicting event: every
+        connection reads the retried events, and the log, back."""
+        app = self.school("retry")
+        # es_append takes the aggregates in uuid order: the new dog's events
+        # (and its new data key) first, then the conflict.
+        last = uuid.UUID("ffffffff-ffff-4fff-bfff-ffffffffffff")
+        first = Dog(last)
+        first.trigger_event(Dog.Registered, name="Last")
+        app.save(first)
+        rex = Dog(uuid.UUID(int=uuid.uuid4().int >> 1))
+        rex.trigger_event(Dog.Registered, name="Rex Zanzibar")
+        rex.add_trick("sit")
+        events = rex.collect_events()
+        stale = Dog(last)
+        stale.trigger_event(Dog.Registered, name="Last again")   # version 1 exists
+        EsEvent = app.conn.adapters.types["es_event"].python_type
+        rows = [EsEvent(e.originator_id, e.originator_version, e.topic(), e.state())
+                for e in events + stale.collect_events()]
+        max_before = app.max_id()
+        with self.assertRaises(psycopg.errors.UniqueViolation):
+            app.conn.execute("SELECT * FROM es_append(%s, %s::es_event[])",
+                             (app.name, rows)).fetchall()
+        self.assertEqual(app.max_id(), max_before)
+        ids = [r[0] for r in app.conn.execute("SELECT * FROM es_append(%s, %s::es_event[])",
+                                              (app.name, rows[:2])).fetchall()]
+        self.assertEqual(ids, [max_before + 1, max_before + 2])
+        sent = [e.state() for e in events]
+        for who, conn in (("the writer", app.conn), ("another connection", self.connect(OWNER)),
+                          ("the superuser", self.su)):
+            with self.subTest(reader=who):
+                got = conn.execute("SELECT state FROM es_events(%s, %s)",
+                                   (app.name, rex.id)).fetchall()
+                self.assertEqual([r[0] for r in got], sent)
+                self.assertEqual(len(conn.execute("SELECT * FROM es_select(%s, 1, 1000)",
+                                                  (app.name,)).fetchall()), max_before + 2)
 
     # (b) -------------------------------------------------------------------
 

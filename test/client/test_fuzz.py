@@ -44,7 +44,7 @@ What must hold, whatever the arguments:
 3. a call that fails writes nothing: the state of every application (through
    es_max_notification_id, count(*) FROM es_select(app, 1, 1000000), and the
    tables: events, tracking positions, applications, folds, grants, seals,
-   snapshots) is the same before and after it; a successful call in a
+   snapshots, data keys) is the same before and after it; a successful call in a
    read-only transaction writes nothing either; a successful call that is not
    an append adds no event and moves no tracking position;
 4. a refused call uses up no notification id: the ids of each successful
@@ -71,8 +71,14 @@ What must hold, whatever the arguments:
 ES_FUZZ_NO_DEEP_PATHS=1 leaves out fold paths of 120000 segments (which crash
 the server as of this writing: folding any operation on such a path builds a
 document that EsNodePush serializes recursively, without check_stack_depth),
-to explore past that bug; the default keeps them.  ES_FUZZ_VERBOSE=1 prints
-every call with its outcome, and an example message for each SQLSTATE.
+to explore past that bug; the default keeps them.  After a refused append, the
+next call is sometimes its retry without what could not succeed, in the same
+session, as clients do; ES_FUZZ_NO_RETRY=1 leaves those out (as of this
+writing a retry can record events encrypted under the data key that the
+refused append made and rolled back, cached by its backend: unreadable by any
+other session, 22P03, and the superuser's state query after it stops the run).
+ES_FUZZ_VERBOSE=1 prints every call with its outcome, and an example message
+for each SQLSTATE.
 The summary (calls, successes, errors by SQLSTATE) is printed after unittest's
 result line, which test/scripts/test.sh counts.
 """
@@ -104,6 +110,7 @@ DEFAULT_CALLS = 2200
 # A backstop only: the run stops early (and says so) past this many seconds.
 MAX_SECONDS = float(os.environ.get("ES_FUZZ_MAX_SECONDS", "60"))
 NO_DEEP_PATHS = os.environ.get("ES_FUZZ_NO_DEEP_PATHS", "") not in ("", "0")
+NO_RETRY = os.environ.get("ES_FUZZ_NO_RETRY", "") not in ("", "0")
 VERBOSE = os.environ.get("ES_FUZZ_VERBOSE", "") not in ("", "0")   # print every call
 
 # Error classes a hostile call may end with.  Anything else fails the test;
@@ -268,6 +275,9 @@ class Fuzzer:
             ("direct", 1), ("wait_cancelled", 0.2),
             ("configure", 3), ("forget", 3), ("rewrap_keys", 1), ("select_stored", 4),
         ]
+        if not NO_RETRY:
+            self.kinds.append(("append_retry", 0))   # drawn by next_call, after a refusal
+        self.last_refused = None                 # (app, events) of the append just refused
         self.kind_names = [k for k, _ in self.kinds]
         self.kind_weights = [w for _, w in self.kinds]
 
@@ -530,10 +540,13 @@ class Fuzzer:
 
     def next_call(self) -> Call:
         kind = self.rng.choices(self.kind_names, self.kind_weights)[0]
+        if self.last_refused is not None and not NO_RETRY and self.chance(0.35):
+            kind = "append_retry"
         call = getattr(self, "c_" + kind)()
         call.fkind = kind
+        self.last_refused = None
         if call.meta.get("append") and call.meta.get("events"):
-            self.mark_forgotten_targets(call, kind)
+            self.mark_forgotten_targets(call, kind if kind != "append_retry" else "append_array")
         return call
 
     def mark_forgotten_targets(self, call: Call, kind: str):
@@ -634,6 +647,26 @@ class Fuzzer:
         a = self.render("es_append", [("application", lit(app, "text")), ("events", arr)], srf=True)
         return Call("es_append(app, events[])", a, app, srf=True, append=True, events=evs,
                     plain_array=arr.desc.startswith("ARRAY["))
+
+    def c_append_retry(self) -> Call:
+        """A client retrying the append just refused without what was wrong
+        with it (whatever could not succeed: hostile topics, NULLs): at once,
+        in the same session (ES_FUZZ_NO_RETRY=1 leaves these out)."""
+        if self.last_refused is None:
+            return self.c_append_array()
+        app, evs = self.last_refused
+        self.last_refused = None
+        evs = [(u, v, t, s) for (u, v, t, s) in evs
+               if u is not None and isinstance(v, int) and t in TOPICS_GOOD and s is not None]
+        if not evs:
+            return self.c_append_array()
+        elems = [self.event_row(e) for e in evs]
+        arr = Arg("ARRAY[" + ",".join(e.sql for e in elems) + "]::es_event[]",
+                  [p for e in elems for p in e.params],
+                  "ARRAY[" + ",".join(e.desc for e in elems) + "]::es_event[]")
+        a = self.render("es_append", [("application", lit(app, "text")), ("events", arr)], srf=True)
+        return Call("es_append(app, events[]) (retry)", a, app, srf=True, append=True,
+                    events=evs, plain_array=True)
 
     def c_append_tracked(self) -> Call:
         rng = self.rng
@@ -1272,6 +1305,9 @@ class FuzzTest(unittest.TestCase):
                                    % (label, call.meta["forgotten"], state, msg))
                 if call.meta.get("forgotten"):
                     forgotten_refusals[state] += 1
+                if call.meta.get("append") and call.meta.get("events") and call.app in (
+                        {APP_A, APP_B} | fz.created):
+                    fz.last_refused = (call.app, call.meta["events"])
                 if state in ("57014", "40P01", "40001") and call.meta.get("append"):
                     gap_ok.add(call.app)     # an append that was interrupted may have used an id
                 if role.execute("SELECT pg_backend_pid()").fetchone()[0] != role_pid:
@@ -1288,7 +1324,9 @@ class FuzzTest(unittest.TestCase):
             try:
                 after = self.snapshot()
             except psycopg.Error as e:
-                crashed = "%s\n  the superuser connection failed after it: %s" % (label, e)
+                crashed = ("%s\n  the superuser's state query failed after it: %s %s\n"
+                           "  the calls before it:\n    %s"
+                           % (label, e.sqlstate, str(e).strip(), "\n    ".join(list(history)[:-1])))
                 self.fail_soft(crashed)
                 break
 
