@@ -465,8 +465,9 @@ EsCurrentKeyId(void)
 }
 
 /*
- * Reads the es_keys row of an aggregate (latest snapshot); *own says it was
- * made by this transaction, which may still roll back.
+ * Reads the es_keys row of an aggregate (latest snapshot), and unwraps the
+ * key into *out if `out` is given; *own says the row was made by this
+ * transaction, which may still roll back.
  */
 static EsKeyStatus
 EsReadKeyRow(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator_id, uint8 *out,
@@ -497,7 +498,8 @@ EsReadKeyRow(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator_
 			status = ES_KEY_FORGOTTEN;
 		else
 		{
-			EsUnwrap(app_id, originator_id, DatumGetByteaPP(id), DatumGetByteaPP(wrapped), out);
+			if (out != NULL)
+				EsUnwrap(app_id, originator_id, DatumGetByteaPP(id), DatumGetByteaPP(wrapped), out);
 			status = ES_KEY_FOUND;
 		}
 	}
@@ -516,34 +518,6 @@ EsKeysTableEmpty(const EsRelations *rels)
 
 	table_close(rel, AccessShareLock);
 	return empty;
-}
-
-/* Whether the aggregate has a key row, and if it is forgotten (no unwrapping). */
-static EsKeyStatus
-EsKeyRowExists(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator_id)
-{
-	Relation	rel = table_open(rels->keys, AccessShareLock);
-	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	ScanKeyData keys[2];
-	SysScanDesc scan;
-	HeapTuple	tuple;
-	EsKeyStatus status = ES_KEY_NONE;
-
-	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
-	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
-	scan = systable_beginscan(rel, rels->keys_pkey, true, snapshot, 2, keys);
-	tuple = systable_getnext(scan);
-	if (HeapTupleIsValid(tuple))
-	{
-		bool		wrapped_null;
-
-		(void) heap_getattr(tuple, 4, RelationGetDescr(rel), &wrapped_null);
-		status = wrapped_null ? ES_KEY_FORGOTTEN : ES_KEY_FOUND;
-	}
-	systable_endscan(scan);
-	UnregisterSnapshot(snapshot);
-	table_close(rel, AccessShareLock);
-	return status;
 }
 
 /*
@@ -642,15 +616,7 @@ EsDataKey(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator_id,
 	}
 	if (mode == ES_KEY_PROBE && EsKeysTableEmpty(rels))
 		return ES_KEY_NONE;		/* no aggregate of this database has ever had a key */
-	if (mode == ES_KEY_PROBE && !EsMasterKeyLoaded())
-		status = EsKeyRowExists(rels, app_id, originator_id);
-	else
-	{
-		uint8		scratch[ES_KEY_LEN];
-
-		status = EsReadKeyRow(rels, app_id, originator_id, key ? key : scratch, &own);
-		explicit_bzero(scratch, ES_KEY_LEN);
-	}
+	status = EsReadKeyRow(rels, app_id, originator_id, key, &own);
 	/* A key this transaction made is known only once it commits. */
 	if (own)
 		return status;
