@@ -195,7 +195,12 @@ EsCompress(const uint8 *plain, uint32 len, const EsDictEntry *dict, uint32 *outl
 	if (!ready[which])
 	{
 		memset(zs, 0, sizeof(*zs));
-		if (deflateInit2(zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15, 8,
+		/*
+		 * For small states a small hash table (memLevel 2: 512 entries):
+		 * deflateReset clears it for every state, and zlib's default 32k
+		 * entries cost more to clear than a small event costs to compress.
+		 */
+		if (deflateInit2(zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15, which ? 2 : 8,
 						 which ? Z_FIXED : Z_DEFAULT_STRATEGY) != Z_OK)
 			ereport(ERROR,
 					(errcode(ERRCODE_OUT_OF_MEMORY),

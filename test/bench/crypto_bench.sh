@@ -52,6 +52,8 @@ SQL
 for c in $CONFIGS; do
     echo "SELECT es_append('$c', gen_random_uuid(), 1, 'Shop.OrderLineAdded', $EVENT);" >"$WORK/one_$c.sql"
     echo "SELECT count(*) FROM es_append('$c', ARRAY(SELECT ROW(gen_random_uuid(), 1, 'Shop.OrderLineAdded', $EVENT)::es_event FROM generate_series(1, 100)));" >"$WORK/batch_$c.sql"
+    # 100 events of 10 new aggregates: one data key per 10 events
+    echo "SELECT count(*) FROM es_append('$c', ARRAY(SELECT ROW(a.id, v, 'Shop.OrderLineAdded', $EVENT)::es_event FROM (SELECT gen_random_uuid() AS id FROM generate_series(1, 10)) a, generate_series(1, 10) v ORDER BY a.id, v));" >"$WORK/batch10_$c.sql"
 done
 
 reset_tables() {
@@ -70,7 +72,7 @@ run() {
 
 declare -A TPS
 for ((r = 1; r <= ROUNDS; r++)); do
-    for kind in "one 1" "one 32" "batch 8"; do
+    for kind in "one 1" "one 32" "batch 8" "batch10 8"; do
         read -r script clients <<<"$kind"
         for c in $CONFIGS; do
             tps=$(run "${script}_$c" "$clients")
@@ -132,7 +134,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
     echo
     echo "| es_append, tps | $(echo $CONFIGS | sed 's/ / | /g') | all / neither |"
     echo "| --- |$(for c in $CONFIGS; do printf ' ---: |'; done) ---: |"
-    for kind in "one 1:1 client, one event" "one 32:32 clients, one event" "batch 8:8 clients, batches of 100 (calls/s)"; do
+    for kind in "one 1:1 client, one event (a new aggregate)" "one 32:32 clients, one event (a new aggregate)" "batch 8:8 clients, batches of 100 new aggregates (calls/s)" "batch10 8:8 clients, batches of 10 new aggregates x 10 events (calls/s)"; do
         IFS=: read -r key label <<<"$kind"
         read -r script clients <<<"$key"
         row="| $label |"
