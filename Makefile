@@ -8,6 +8,16 @@ DATA       = sql/eventsourcing--0.1.0.sql sql/eventsourcing--0.2.0.sql sql/event
 PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wmissing-prototypes
 SHLIB_LINK = -lz -lcrypto
 
+# `make installcheck` (PGXS): the suites against an installed, running server
+# (PGHOST, PGPORT, PGUSER) that preloads the library and has a master key
+# (eventsourcing.key_command) for the encryption tests.  The TAP tests make
+# their own clusters.  `make test` sets all of that up by itself.
+REGRESS        = $(sort $(patsubst sql/%.sql,%,$(filter-out sql/eventsourcing--%,$(wildcard sql/*.sql))))
+ISOLATION      = $(sort $(patsubst test/isolation/specs/%.spec,%,$(wildcard test/isolation/specs/*.spec)))
+ISOLATION_OPTS = --inputdir=test/isolation
+TAP_TESTS      = 1
+PROVE_TESTS    = test/t/*.pl
+
 # Debian's server dev package puts pg_config here; fall back to PATH.
 PG_CONFIG ?= $(shell test -x /usr/lib/postgresql/15/bin/pg_config && \
 	echo /usr/lib/postgresql/15/bin/pg_config || echo pg_config)
@@ -15,6 +25,8 @@ PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 ifneq ($(PGXS),)
 include $(PGXS)
 endif
+# (after PGXS, which sets it) the TAP tests' own module
+PROVE_FLAGS += -I test/t
 
 .PHONY: deps demo test stop bench
 

@@ -39,7 +39,12 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "catalog/pg_type.h"
+#include "catalog/namespace.h"
+#include "commands/event_trigger.h"
 #include "commands/trigger.h"
+#include "nodes/parsenodes.h"
+#include "tcop/cmdtag.h"
+#include "utils/acl.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
@@ -917,6 +922,91 @@ es_append_only_guard(PG_FUNCTION_ARGS)
 					what, RelationGetRelationName(trigdata->tg_relation)),
 			 errhint("Append new events with es_append. A superuser can SET eventsourcing.allow_rewrite = on to repair data; es_verify_log will report what changed.")));
 	return (Datum) 0;
+}
+
+/*
+ * The drop guard: an event trigger on ddl_command_start that refuses DROP
+ * EXTENSION eventsourcing, DROP SCHEMA of its schema and DROP OWNED BY its
+ * owner while recorded events exist: the append-only store's easiest way to
+ * lose everything.  The way out is the administrative path,
+ * eventsourcing.allow_rewrite (superusers only).
+ */
+static bool
+EsDropTargetsUs(Node *parsetree, const EsRelations *rels)
+{
+	if (IsA(parsetree, DropStmt))
+	{
+		DropStmt   *stmt = (DropStmt *) parsetree;
+		ListCell   *lc;
+
+		if (stmt->removeType != OBJECT_EXTENSION && stmt->removeType != OBJECT_SCHEMA)
+			return false;
+		foreach(lc, stmt->objects)
+		{
+			Node	   *obj = lfirst(lc);
+			const char *name = IsA(obj, String) ? strVal(obj) : NULL;
+
+			if (name == NULL)
+				continue;
+			if (stmt->removeType == OBJECT_EXTENSION && strcmp(name, ES_EXTENSION_NAME) == 0)
+				return true;
+			if (stmt->removeType == OBJECT_SCHEMA &&
+				get_namespace_oid(name, true) == rels->namespace)
+				return true;
+		}
+		return false;
+	}
+	if (IsA(parsetree, DropOwnedStmt))
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((DropOwnedStmt *) parsetree)->roles)
+		{
+			RoleSpec   *role = lfirst(lc);
+
+			if (role->roletype == ROLESPEC_CSTRING &&
+				get_role_oid(role->rolename, true) == rels->owner)
+				return true;
+		}
+	}
+	return false;
+}
+
+PG_FUNCTION_INFO_V1(es_drop_guard);
+Datum
+es_drop_guard(PG_FUNCTION_ARGS)
+{
+	EventTriggerData *trigdata;
+	EsRelations rels;
+	EsSpi		spi;
+	StringInfoData sql;
+	int64		events = 0;
+	bool		isnull;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("es_drop_guard can only be called as an event trigger")));
+	trigdata = (EventTriggerData *) fcinfo->context;
+	if (es_allow_rewrite || !EsLookupRelationsIfInstalled(&rels) ||
+		!EsDropTargetsUs(trigdata->parsetree, &rels))
+		PG_RETURN_VOID();
+
+	EsSpiBegin(&spi, &rels);
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT pg_catalog.count(*) FROM %s", EsQualifiedName(&rels, "es_stored_events"));
+	if (SPI_execute(sql.data, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "eventsourcing: could not count the recorded events");
+	events = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	EsSpiEnd(&spi);
+	if (events > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("%s would delete the " INT64_FORMAT " recorded events of extension \"%s\"",
+						GetCommandTagName(trigdata->tag), events, ES_EXTENSION_NAME),
+				 errdetail("Recorded events are append-only: dropping the extension drops them, with their seals, keys and tracking positions."),
+				 errhint("Dump them first (pg_dump keeps them); then a superuser can SET eventsourcing.allow_rewrite = on and drop it.")));
+	PG_RETURN_VOID();
 }
 
 /* Settings of the integrity module. */

@@ -53,6 +53,21 @@ run_regress pg_regress "$PGXS_DIR/src/test/regress/pg_regress" "$ROOT" es_regres
 run_regress isolation "$PGXS_DIR/src/test/isolation/pg_isolation_regress" "$ROOT/test/isolation" es_isolation \
     $(cd "$ROOT/test/isolation/specs" && ls *.spec | sed 's/\.spec$//' | sort)
 
+# --- make installcheck: the PGXS wiring of the same suites ---------------------
+# (its TAP part needs a user that may run initdb; the TAP tests run below)
+log "make installcheck (REGRESS and ISOLATION through PGXS)"
+set +e
+make -C "$ROOT" -s PG_CONFIG="$PG_BIN/pg_config" installcheck TAP_TESTS= >"$OUT/installcheck.log" 2>&1
+rc=$?
+set -e
+rm -rf "$ROOT/results" "$ROOT/output_iso" "$ROOT/regression.diffs" "$ROOT/regression.out"
+suites=$(grep -cE 'All [0-9]+ tests passed' "$OUT/installcheck.log" || true)
+if [ "$rc" -eq 0 ] && [ "$suites" -eq 2 ]; then
+    echo "ok - make installcheck: pg_regress and isolation suites passed"; PASSED=$((PASSED + 1))
+else
+    cat "$OUT/installcheck.log"; echo "not ok - make installcheck"; FAILED=$((FAILED + 1)); FAILURES+=(installcheck)
+fi
+
 # --- client tests: a real driver (Debian's python3-psycopg) ------------------
 for t in "$ROOT"/test/client/test_*.py; do
     [ -e "$t" ] || continue
