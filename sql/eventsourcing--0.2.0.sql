@@ -551,3 +551,37 @@ CREATE EVENT TRIGGER es_drop_guard ON ddl_command_start
     EXECUTE FUNCTION @extschema@.es_drop_guard();
 COMMENT ON EVENT TRIGGER es_drop_guard IS
     'Refuses to drop the extension, its schema or its owner''s objects while recorded events exist (eventsourcing.allow_rewrite: the administrative way out).';
+
+--------------------------------------------------------------------------
+-- JSON states: appended as jsonb, read back as jsonb
+--------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.es_append_json(application text, originator_id uuid,
+    originator_version bigint, topic text, state jsonb)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_append_json'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_append_json(text, uuid, bigint, text, jsonb) IS
+    'Records one event whose state is JSON (stored as its text, UTF-8); returns its notification id.';
+
+CREATE FUNCTION @extschema@.es_append_json(application text, events jsonb)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'es_append_json_events'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 10;
+COMMENT ON FUNCTION @extschema@.es_append_json(text, jsonb) IS
+    'Records all the events of a JSON array [{"originator_id", "originator_version", "topic", "state"}, ...] atomically, like es_append; returns their ids in order.';
+
+CREATE FUNCTION @extschema@.es_append_json(application text, events jsonb,
+    upstream_application text, upstream_notification_id bigint)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'es_append_json_tracked'
+LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 10;
+COMMENT ON FUNCTION @extschema@.es_append_json(text, jsonb, text, bigint) IS
+    'Like es_append_json(application, events), and atomically records the tracking position, like es_append''s tracking form.';
+
+CREATE FUNCTION @extschema@.es_jsonb(state bytea)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'es_jsonb'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.es_jsonb(bytea) IS
+    'A state''s bytes as jsonb: SELECT id, es_jsonb(state) FROM es_select(...). NULL (a forgotten event) stays NULL.';

@@ -42,6 +42,9 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+#include "mb/pg_wchar.h"
 
 #include "access.h"
 #include "codec.h"
@@ -615,4 +618,182 @@ es_append_fields(PG_FUNCTION_ARGS)
 	}
 	EsCheckEvent(values, nulls, NULL, false, 0, 0, &ev);
 	PG_RETURN_INT64(EsAppend(application, &ev, 1, NULL, 0)[0]);
+}
+
+/* ---------------------------------------------------------------------
+ * JSON forms: states given as jsonb are stored as their text (UTF-8).
+ * ---------------------------------------------------------------------
+ */
+
+/* The stored bytes of a jsonb state: its text, as jsonb writes it. */
+static Datum
+EsJsonbStateBytes(Jsonb *state)
+{
+	char	   *json = JsonbToCString(NULL, &state->root, VARSIZE(state));
+
+	return PointerGetDatum(cstring_to_text(json));
+}
+
+/*
+ * es_append_json(application text, originator_id uuid, originator_version
+ *				  bigint, topic text, state jsonb) RETURNS bigint
+ */
+PG_FUNCTION_INFO_V1(es_append_json);
+Datum
+es_append_json(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	Datum		values[4];
+	bool		nulls[4];
+	EsEventIn	ev;
+
+	for (int i = 0; i < 4; i++)
+	{
+		nulls[i] = PG_ARGISNULL(i + 1);
+		values[i] = nulls[i] ? (Datum) 0 : PG_GETARG_DATUM(i + 1);
+	}
+	if (!nulls[3])
+		values[3] = EsJsonbStateBytes(PG_GETARG_JSONB_P(4));
+	EsCheckEvent(values, nulls, NULL, false, 0, 0, &ev);
+	PG_RETURN_INT64(EsAppend(application, &ev, 1, NULL, 0)[0]);
+}
+
+/* One field of a JSON event object, or an error naming it. */
+static JsonbValue *
+EsJsonField(JsonbContainer *obj, const char *field, int index, enum jbvType type,
+			const char *what)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(obj, field, strlen(field), NULL);
+
+	if (v == NULL || v->type == jbvNull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("events[%d].%s must not be NULL", index, field)));
+	if (type != jbvNull && v->type != type)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("events[%d].%s must be %s", index, field, what)));
+	return v;
+}
+
+/*
+ * The events of a JSON array: [{"originator_id": "<uuid>", "originator_version":
+ * n, "topic": "...", "state": <any JSON>}, ...].  Subscripts count from 0, as
+ * in JSON.
+ */
+static EsEventIn *
+EsParseJsonEvents(FunctionCallInfo fcinfo, int argno, int *nevents)
+{
+	Jsonb	   *events;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	EsEventIn  *in;
+	int			n;
+	int			i = 0;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("events must not be NULL"),
+				 errhint("Pass an empty JSON array to record nothing.")));
+	events = PG_GETARG_JSONB_P(argno);
+	if (!JB_ROOT_IS_ARRAY(events) || JB_ROOT_IS_SCALAR(events))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("events must be a JSON array of event objects"),
+				 errhint("[{\"originator_id\": \"<uuid>\", \"originator_version\": 1, \"topic\": \"...\", \"state\": {...}}]")));
+	n = JB_ROOT_COUNT(events);
+	in = palloc0(sizeof(EsEventIn) * Max(n, 1));
+	it = JsonbIteratorInit(&events->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+		JsonbValue *f;
+		JsonbValue	statev;
+		Numeric		version;
+		char	   *idtext;
+
+		if (tok != WJB_ELEM)
+			continue;
+		CHECK_FOR_INTERRUPTS();
+		if (v.type == jbvNull)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("events[%d] must not be NULL", i)));
+		if (v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("events[%d] must be a JSON object", i)));
+		f = EsJsonField(v.val.binary.data, "originator_id", i, jbvString, "a uuid string");
+		idtext = pnstrdup(f->val.string.val, f->val.string.len);
+		values[0] = DirectFunctionCall1(uuid_in, CStringGetDatum(idtext));
+		f = EsJsonField(v.val.binary.data, "originator_version", i, jbvNumeric, "a number");
+		version = f->val.numeric;
+		values[1] = DirectFunctionCall1(numeric_int8, NumericGetDatum(version));
+		if (DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(version))) < 0 ||
+			!DatumGetBool(DirectFunctionCall2(numeric_eq, NumericGetDatum(version),
+											  DirectFunctionCall1(int8_numeric, values[1]))))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("events[%d].originator_version must be a whole number, not negative", i)));
+		f = EsJsonField(v.val.binary.data, "topic", i, jbvString, "a string");
+		values[2] = PointerGetDatum(cstring_to_text_with_len(f->val.string.val, f->val.string.len));
+		f = EsJsonField(v.val.binary.data, "state", i, jbvNull, NULL);
+		statev = *f;
+		values[3] = EsJsonbStateBytes(JsonbValueToJsonb(&statev));
+		EsCheckEvent(values, nulls, "events", true, i, i, &in[i]);
+		i++;
+	}
+	*nevents = i;
+	return in;
+}
+
+/* es_append_json(application text, events jsonb) RETURNS SETOF bigint */
+PG_FUNCTION_INFO_V1(es_append_json_events);
+Datum
+es_append_json_events(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	int			n;
+	EsEventIn  *in = EsParseJsonEvents(fcinfo, 1, &n);
+
+	return EsReturnIds(fcinfo, EsAppend(application, in, n, NULL, 0), n);
+}
+
+/*
+ * es_append_json(application text, events jsonb, upstream_application text,
+ *				  upstream_notification_id bigint) RETURNS SETOF bigint
+ */
+PG_FUNCTION_INFO_V1(es_append_json_tracked);
+Datum
+es_append_json_tracked(PG_FUNCTION_ARGS)
+{
+	text	   *application = EsArgApplication(fcinfo, 0);
+	int			n;
+	EsEventIn  *in = EsParseJsonEvents(fcinfo, 1, &n);
+	int64		position;
+	text	   *upstream = EsArgUpstream(fcinfo, 2, &position);
+
+	return EsReturnIds(fcinfo, EsAppend(application, in, n, upstream, position), n);
+}
+
+/*
+ * es_jsonb(state bytea) RETURNS jsonb: a state's bytes as jsonb (NULL stays
+ * NULL, as for a forgotten event); 22021 for bytes that are not text in the
+ * database's encoding, 22P02 for text that is not JSON.
+ */
+PG_FUNCTION_INFO_V1(es_jsonb);
+Datum
+es_jsonb(PG_FUNCTION_ARGS)
+{
+	bytea	   *state = PG_GETARG_BYTEA_PP(0);
+	int			len = VARSIZE_ANY_EXHDR(state);
+
+	if (!pg_verify_mbstr(GetDatabaseEncoding(), VARDATA_ANY(state), len, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("state is not valid %s text", GetDatabaseEncodingName())));
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(VARDATA_ANY(state), len)));
 }
