@@ -598,13 +598,12 @@ es_append_one(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(EsAppend(application, &ev, 1, NULL, 0)[0]);
 }
 
-/*
- * es_append(application text, originator_id uuid, originator_version bigint,
- *			 topic text, state bytea) RETURNS bigint
- */
-PG_FUNCTION_INFO_V1(es_append_fields);
-Datum
-es_append_fields(PG_FUNCTION_ARGS)
+/* The state of the fields forms: bytes as given, or a jsonb's text. */
+static Datum EsJsonbStateBytes(Jsonb *state);
+
+/* One event given field by field (argument 1 on); the state as bytea or jsonb. */
+static Datum
+EsAppendFields(FunctionCallInfo fcinfo, bool json)
 {
 	text	   *application = EsArgApplication(fcinfo, 0);
 	Datum		values[4];
@@ -616,8 +615,21 @@ es_append_fields(PG_FUNCTION_ARGS)
 		nulls[i] = PG_ARGISNULL(i + 1);
 		values[i] = nulls[i] ? (Datum) 0 : PG_GETARG_DATUM(i + 1);
 	}
+	if (json && !nulls[3])
+		values[3] = EsJsonbStateBytes(PG_GETARG_JSONB_P(4));
 	EsCheckEvent(values, nulls, NULL, false, 0, 0, &ev);
 	PG_RETURN_INT64(EsAppend(application, &ev, 1, NULL, 0)[0]);
+}
+
+/*
+ * es_append(application text, originator_id uuid, originator_version bigint,
+ *			 topic text, state bytea) RETURNS bigint
+ */
+PG_FUNCTION_INFO_V1(es_append_fields);
+Datum
+es_append_fields(PG_FUNCTION_ARGS)
+{
+	return EsAppendFields(fcinfo, false);
 }
 
 /* ---------------------------------------------------------------------
@@ -642,20 +654,7 @@ PG_FUNCTION_INFO_V1(es_append_json);
 Datum
 es_append_json(PG_FUNCTION_ARGS)
 {
-	text	   *application = EsArgApplication(fcinfo, 0);
-	Datum		values[4];
-	bool		nulls[4];
-	EsEventIn	ev;
-
-	for (int i = 0; i < 4; i++)
-	{
-		nulls[i] = PG_ARGISNULL(i + 1);
-		values[i] = nulls[i] ? (Datum) 0 : PG_GETARG_DATUM(i + 1);
-	}
-	if (!nulls[3])
-		values[3] = EsJsonbStateBytes(PG_GETARG_JSONB_P(4));
-	EsCheckEvent(values, nulls, NULL, false, 0, 0, &ev);
-	PG_RETURN_INT64(EsAppend(application, &ev, 1, NULL, 0)[0]);
+	return EsAppendFields(fcinfo, true);
 }
 
 /* One field of a JSON event object, or an error naming it. */
