@@ -271,3 +271,53 @@ AS 'MODULE_PATHNAME', 'es_jsonb'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.es_jsonb(bytea) IS
     'A state''s bytes as jsonb: SELECT id, es_jsonb(state) FROM es_select(...). NULL (a forgotten event) stays NULL.';
+
+--------------------------------------------------------------------------
+-- Status at a glance
+--------------------------------------------------------------------------
+
+CREATE VIEW @extschema@.es_status WITH (security_barrier) AS
+SELECT a.name AS application,
+       (SELECT pg_catalog.count(*) FROM @extschema@.es_stored_events e WHERE e.application_id = a.id) AS events,
+       (SELECT pg_catalog.max(e.notification_id) FROM @extschema@.es_stored_events e WHERE e.application_id = a.id) AS head_id,
+       CASE WHEN @extschema@.es_has_privilege(a.name, 'read')
+            THEN COALESCE(@extschema@.es_wait(a.name, COALESCE(w.announced_id, 0), 0), w.announced_id, 0) END AS readable_id,
+       w.notification_id AS watermark_id,
+       w.announced_id,
+       s.seal_id AS last_seal_id,
+       s.last_notification_id AS sealed_through_id,
+       pg_catalog.now() - s.sealed_at AS last_seal_age,
+       (SELECT pg_catalog.count(*) FROM @extschema@.es_tracking t WHERE t.upstream_application = a.name) AS followers,
+       (SELECT pg_catalog.max(h.head - t.notification_id) FROM @extschema@.es_tracking t,
+            LATERAL (SELECT pg_catalog.max(e.notification_id) AS head FROM @extschema@.es_stored_events e
+                     WHERE e.application_id = a.id) h
+        WHERE t.upstream_application = a.name) AS max_follower_lag,
+       a.compression,
+       a.encryption,
+       a.compression_dictionary,
+       EXISTS (SELECT FROM pg_catalog.pg_stat_activity p
+               WHERE p.backend_type = 'eventsourcing worker' AND p.datname = pg_catalog.current_database()) AS worker_running
+FROM @extschema@.es_applications a
+LEFT JOIN @extschema@.es_watermarks w ON w.application_id = a.id
+LEFT JOIN LATERAL (SELECT x.seal_id, x.last_notification_id, x.sealed_at FROM @extschema@.es_seals x
+                   WHERE x.application_id = a.id ORDER BY x.seal_id DESC LIMIT 1) s ON true
+WHERE @extschema@.es_has_privilege(a.name, NULL);
+COMMENT ON VIEW @extschema@.es_status IS
+    'Per application the caller has a privilege on: events, head id, the highest id readers can be given, the standby watermark, the last announcement, the last seal and its age, followers (tracking rows naming it as upstream) and the largest lag, storage settings, whether the database''s worker runs.';
+GRANT SELECT ON @extschema@.es_status TO PUBLIC;
+
+CREATE VIEW @extschema@.es_followers WITH (security_barrier) AS
+SELECT t.upstream_application AS application,
+       f.name AS follower,
+       t.notification_id AS position,
+       h.head AS head_id,
+       h.head - t.notification_id AS lag
+FROM @extschema@.es_tracking t
+JOIN @extschema@.es_applications f ON f.id = t.application_id
+LEFT JOIN @extschema@.es_applications u ON u.name = t.upstream_application
+LEFT JOIN LATERAL (SELECT pg_catalog.max(e.notification_id) AS head FROM @extschema@.es_stored_events e
+                   WHERE e.application_id = u.id) h ON true
+WHERE @extschema@.es_has_privilege(f.name, NULL) OR @extschema@.es_has_privilege(t.upstream_application, NULL);
+COMMENT ON VIEW @extschema@.es_followers IS
+    'Each follower''s recorded position in an upstream application''s log and its lag behind the head, for the applications the caller has a privilege on.';
+GRANT SELECT ON @extschema@.es_followers TO PUBLIC;
