@@ -68,6 +68,19 @@ else
     cat "$OUT/installcheck.log"; echo "not ok - make installcheck"; FAILED=$((FAILED + 1)); FAILURES+=(installcheck)
 fi
 
+# --- README.md: every sql block runs as printed -------------------------------
+log "README.md sql blocks"
+set +e
+bash "$ROOT/test/scripts/readme_test.sh" >"$OUT/readme.log" 2>&1
+rc=$?
+set -e
+cat "$OUT/readme.log"
+ok=$(grep -cE '^ok [0-9]+' "$OUT/readme.log" || true)
+bad=$(grep -cE '^not ok [0-9]+' "$OUT/readme.log" || true)
+if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
+PASSED=$((PASSED + ok)); FAILED=$((FAILED + bad))
+[ "$bad" -eq 0 ] || FAILURES+=(readme)
+
 # --- client tests: a real driver (Debian's python3-psycopg) ------------------
 for t in "$ROOT"/test/client/test_*.py; do
     [ -e "$t" ] || continue
