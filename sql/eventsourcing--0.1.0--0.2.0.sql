@@ -223,18 +223,31 @@ COMMENT ON FUNCTION @extschema@.es_set_compression_dictionary(text, bytea) IS
     'Makes the bytes (at most 32 kB, typical of the application''s events, never personal data: they are stored in clear) the preset zlib dictionary of its new compressed events; returns its id. NULL stops using one. Needs admin.';
 
 --------------------------------------------------------------------------
+-- Support functions out of the API's way
+--------------------------------------------------------------------------
+
+CREATE SCHEMA eventsourcing_internal;
+COMMENT ON SCHEMA eventsourcing_internal IS
+    'Support functions of the eventsourcing extension (trigger functions, es_replay''s transition and final functions): not an API.';
+ALTER FUNCTION @extschema@.es_append_only_guard() SET SCHEMA eventsourcing_internal;
+ALTER FUNCTION @extschema@.es_replay_step(internal, text, @extschema@.es_stored_event) SET SCHEMA eventsourcing_internal;
+ALTER FUNCTION @extschema@.es_replay_fold_step(internal, text, @extschema@.es_stored_event, regproc) SET SCHEMA eventsourcing_internal;
+ALTER FUNCTION @extschema@.es_replay_fields_step(internal, text, uuid, bigint, text, bytea) SET SCHEMA eventsourcing_internal;
+ALTER FUNCTION @extschema@.es_replay_final(internal) SET SCHEMA eventsourcing_internal;
+
+--------------------------------------------------------------------------
 -- No silent loss: DROP EXTENSION (and what drops it) is refused while events exist
 --------------------------------------------------------------------------
 
-CREATE FUNCTION @extschema@.es_drop_guard()
+CREATE FUNCTION eventsourcing_internal.es_drop_guard()
 RETURNS event_trigger
 AS 'MODULE_PATHNAME', 'es_drop_guard'
 LANGUAGE C;
-COMMENT ON FUNCTION @extschema@.es_drop_guard() IS
+COMMENT ON FUNCTION eventsourcing_internal.es_drop_guard() IS
     'Event trigger refusing DROP EXTENSION eventsourcing, DROP SCHEMA of its schema and DROP OWNED BY its owner while recorded events exist, unless eventsourcing.allow_rewrite is on.';
 CREATE EVENT TRIGGER es_drop_guard ON ddl_command_start
     WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
-    EXECUTE FUNCTION @extschema@.es_drop_guard();
+    EXECUTE FUNCTION eventsourcing_internal.es_drop_guard();
 COMMENT ON EVENT TRIGGER es_drop_guard IS
     'Refuses to drop the extension, its schema or its owner''s objects while recorded events exist (eventsourcing.allow_rewrite: the administrative way out).';
 

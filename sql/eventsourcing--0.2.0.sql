@@ -205,22 +205,28 @@ REVOKE ALL ON @extschema@.es_applications, @extschema@.es_stored_events,
     @extschema@.es_tracking, @extschema@.es_watermarks, @extschema@.es_seals,
     @extschema@.es_folds, @extschema@.es_snapshots, @extschema@.es_grants, @extschema@.es_keys, @extschema@.es_dictionaries FROM PUBLIC;
 
+-- Support functions (triggers, aggregate steps) live in a schema of their
+-- own, out of the way of the API (\df es_* lists the API only).
+CREATE SCHEMA eventsourcing_internal;
+COMMENT ON SCHEMA eventsourcing_internal IS
+    'Support functions of the eventsourcing extension (trigger functions, es_replay''s transition and final functions): not an API.';
+
 -- Append-only: no role may UPDATE, DELETE or TRUNCATE events or seals, except
 -- a superuser who sets eventsourcing.allow_rewrite (the administrative path).
-CREATE FUNCTION @extschema@.es_append_only_guard()
+CREATE FUNCTION eventsourcing_internal.es_append_only_guard()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'es_append_only_guard'
 LANGUAGE C;
-COMMENT ON FUNCTION @extschema@.es_append_only_guard() IS
+COMMENT ON FUNCTION eventsourcing_internal.es_append_only_guard() IS
     'Trigger refusing UPDATE, DELETE and TRUNCATE of recorded events and seals unless eventsourcing.allow_rewrite is on.';
 CREATE TRIGGER es_append_only BEFORE UPDATE OR DELETE ON @extschema@.es_stored_events
-    FOR EACH ROW EXECUTE FUNCTION @extschema@.es_append_only_guard();
+    FOR EACH ROW EXECUTE FUNCTION eventsourcing_internal.es_append_only_guard();
 CREATE TRIGGER es_append_only_truncate BEFORE TRUNCATE ON @extschema@.es_stored_events
-    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.es_append_only_guard();
+    FOR EACH STATEMENT EXECUTE FUNCTION eventsourcing_internal.es_append_only_guard();
 CREATE TRIGGER es_append_only BEFORE UPDATE OR DELETE ON @extschema@.es_seals
-    FOR EACH ROW EXECUTE FUNCTION @extschema@.es_append_only_guard();
+    FOR EACH ROW EXECUTE FUNCTION eventsourcing_internal.es_append_only_guard();
 CREATE TRIGGER es_append_only_truncate BEFORE TRUNCATE ON @extschema@.es_seals
-    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.es_append_only_guard();
+    FOR EACH STATEMENT EXECUTE FUNCTION eventsourcing_internal.es_append_only_guard();
 
 --------------------------------------------------------------------------
 -- Applications
@@ -365,55 +371,55 @@ COMMENT ON FUNCTION @extschema@.es_partition(uuid, integer) IS
 -- Replay: folding events into state
 --------------------------------------------------------------------------
 
-CREATE FUNCTION @extschema@.es_replay_step(internal, text, @extschema@.es_stored_event)
+CREATE FUNCTION eventsourcing_internal.es_replay_step(internal, text, @extschema@.es_stored_event)
 RETURNS internal
 AS 'MODULE_PATHNAME', 'es_replay_step'
 LANGUAGE C PARALLEL UNSAFE;
-COMMENT ON FUNCTION @extschema@.es_replay_step(internal, text, @extschema@.es_stored_event) IS
+COMMENT ON FUNCTION eventsourcing_internal.es_replay_step(internal, text, @extschema@.es_stored_event) IS
     'Transition function of es_replay(application, event).';
 
-CREATE FUNCTION @extschema@.es_replay_fold_step(internal, text, @extschema@.es_stored_event, regproc)
+CREATE FUNCTION eventsourcing_internal.es_replay_fold_step(internal, text, @extschema@.es_stored_event, regproc)
 RETURNS internal
 AS 'MODULE_PATHNAME', 'es_replay_fold_step'
 LANGUAGE C PARALLEL UNSAFE;
-COMMENT ON FUNCTION @extschema@.es_replay_fold_step(internal, text, @extschema@.es_stored_event, regproc) IS
+COMMENT ON FUNCTION eventsourcing_internal.es_replay_fold_step(internal, text, @extschema@.es_stored_event, regproc) IS
     'Transition function of es_replay(application, event, fold).';
 
-CREATE FUNCTION @extschema@.es_replay_fields_step(internal, text, uuid, bigint, text, bytea)
+CREATE FUNCTION eventsourcing_internal.es_replay_fields_step(internal, text, uuid, bigint, text, bytea)
 RETURNS internal
 AS 'MODULE_PATHNAME', 'es_replay_fields_step'
 LANGUAGE C PARALLEL UNSAFE;
-COMMENT ON FUNCTION @extschema@.es_replay_fields_step(internal, text, uuid, bigint, text, bytea) IS
+COMMENT ON FUNCTION eventsourcing_internal.es_replay_fields_step(internal, text, uuid, bigint, text, bytea) IS
     'Transition function of es_replay(application, originator_id, originator_version, topic, state).';
 
-CREATE FUNCTION @extschema@.es_replay_final(internal)
+CREATE FUNCTION eventsourcing_internal.es_replay_final(internal)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'es_replay_final'
 LANGUAGE C PARALLEL UNSAFE;
-COMMENT ON FUNCTION @extschema@.es_replay_final(internal) IS
+COMMENT ON FUNCTION eventsourcing_internal.es_replay_final(internal) IS
     'Final function of es_replay: the state as jsonb (NULL without events).';
 
 CREATE AGGREGATE @extschema@.es_replay(application text, event @extschema@.es_stored_event) (
-    SFUNC = @extschema@.es_replay_step,
+    SFUNC = eventsourcing_internal.es_replay_step,
     STYPE = internal,
-    FINALFUNC = @extschema@.es_replay_final
+    FINALFUNC = eventsourcing_internal.es_replay_final
 );
 COMMENT ON AGGREGATE @extschema@.es_replay(text, @extschema@.es_stored_event) IS
     'Folds one aggregate''s events, in version order, into its state (jsonb) with the application''s folds: SELECT es_replay(''app'', e) FROM es_events(''app'', id) e.';
 
 CREATE AGGREGATE @extschema@.es_replay(application text, event @extschema@.es_stored_event, fold regproc) (
-    SFUNC = @extschema@.es_replay_fold_step,
+    SFUNC = eventsourcing_internal.es_replay_fold_step,
     STYPE = internal,
-    FINALFUNC = @extschema@.es_replay_final
+    FINALFUNC = eventsourcing_internal.es_replay_final
 );
 COMMENT ON AGGREGATE @extschema@.es_replay(text, @extschema@.es_stored_event, regproc) IS
     'Folds one aggregate''s events into its state with the given fold function (state jsonb, topic text, event jsonb) RETURNS jsonb.';
 
 CREATE AGGREGATE @extschema@.es_replay(application text, originator_id uuid,
     originator_version bigint, topic text, state bytea) (
-    SFUNC = @extschema@.es_replay_fields_step,
+    SFUNC = eventsourcing_internal.es_replay_fields_step,
     STYPE = internal,
-    FINALFUNC = @extschema@.es_replay_final
+    FINALFUNC = eventsourcing_internal.es_replay_final
 );
 COMMENT ON AGGREGATE @extschema@.es_replay(text, uuid, bigint, text, bytea) IS
     'Like es_replay(application, event), given the columns: SELECT es_replay(''app'', originator_id, originator_version, topic, state) FROM es_events(''app'', id).';
@@ -540,15 +546,15 @@ COMMENT ON FUNCTION @extschema@.es_set_compression_dictionary(text, bytea) IS
 -- No silent loss: DROP EXTENSION (and what drops it) is refused while events exist
 --------------------------------------------------------------------------
 
-CREATE FUNCTION @extschema@.es_drop_guard()
+CREATE FUNCTION eventsourcing_internal.es_drop_guard()
 RETURNS event_trigger
 AS 'MODULE_PATHNAME', 'es_drop_guard'
 LANGUAGE C;
-COMMENT ON FUNCTION @extschema@.es_drop_guard() IS
+COMMENT ON FUNCTION eventsourcing_internal.es_drop_guard() IS
     'Event trigger refusing DROP EXTENSION eventsourcing, DROP SCHEMA of its schema and DROP OWNED BY its owner while recorded events exist, unless eventsourcing.allow_rewrite is on.';
 CREATE EVENT TRIGGER es_drop_guard ON ddl_command_start
     WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
-    EXECUTE FUNCTION @extschema@.es_drop_guard();
+    EXECUTE FUNCTION eventsourcing_internal.es_drop_guard();
 COMMENT ON EVENT TRIGGER es_drop_guard IS
     'Refuses to drop the extension, its schema or its owner''s objects while recorded events exist (eventsourcing.allow_rewrite: the administrative way out).';
 

@@ -134,7 +134,7 @@ SELECT es_select('sec', 1, 10, topics => '[3:4]={A,NULL}');
 -- A fold path as deep as the caller likes would nest the state past the stack.
 SELECT es_define_fold('sec', 'Deep', jsonb_build_array(jsonb_build_object('op', 'set', 'path', repeat('a.', 100000) || 'a', 'value', 1)));
 \echo :LAST_ERROR_SQLSTATE
-SELECT es_append_only_guard();
+SELECT eventsourcing_internal.es_append_only_guard();
 \echo :LAST_ERROR_SQLSTATE
 
 -- 7. Ids near the end of a bigint: no overflow, no hang, no wrap.

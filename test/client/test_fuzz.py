@@ -951,7 +951,7 @@ class Fuzzer:
 
     def c_direct(self) -> Call:
         """The trigger function, called as a plain function."""
-        return Call("es_append_only_guard", Arg("SELECT es_append_only_guard()"), None)
+        return Call("es_append_only_guard", Arg("SELECT eventsourcing_internal.es_append_only_guard()"), None)
 
 
 # ---------------------------------------------------------------------------
