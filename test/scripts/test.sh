@@ -99,6 +99,26 @@ for t in "$ROOT"/test/client/test_*.py; do
     [ "$bad" -eq 0 ] || FAILURES+=("$name")
 done
 
+# --- client test: node-postgres (from the npm registry) ------------------------
+if [ -f "$ROOT/test/client/node/json_test.mjs" ]; then
+    log "client test node-postgres"
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
+    set +e
+    (cd "$ROOT/test/client/node" && npm install --no-audit --no-fund --no-package-lock --silent) >"$OUT/node.log" 2>&1 &&
+        ES_TEST_DSN="postgresql:///postgres?host=$PGHOST&port=$PGPORT&user=$PGUSER" \
+        node --test --test-reporter=tap "$ROOT/test/client/node/json_test.mjs" >>"$OUT/node.log" 2>&1
+    rc=$?
+    set -e
+    cat "$OUT/node.log"
+    ok=$(grep -cE '^ok [0-9]+' "$OUT/node.log" || true)
+    bad=$(grep -cE '^not ok [0-9]+' "$OUT/node.log" || true)
+    if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
+    PASSED=$((PASSED + ok)); FAILED=$((FAILED + bad))
+    [ "$bad" -eq 0 ] || FAILURES+=(node)
+fi
+
 # --- upgrade test ---
 # 0.1.0 (from git history) with data, ALTER EXTENSION UPDATE, compared with a
 # fresh install; its own private copy of PostgreSQL and cluster (port 54318).
