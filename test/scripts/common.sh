@@ -9,7 +9,7 @@ PGXS_DIR="/usr/lib/postgresql/$PG_MAJOR/lib/pgxs"
 PG_USER=postgres
 PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-client-$PG_MAJOR
           build-essential zlib1g-dev libssl-dev libipc-run-perl python3-psycopg
-          python3-pycryptodome)
+          python3-pycryptodome libpostgresql-jdbc-java)
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -104,7 +104,7 @@ cluster_start() {
 # eventsourcing private cluster ($name)
 eventsourcing.key_command = 'cat $dir/master.key'
 port = $port
-listen_addresses = ''
+listen_addresses = '$( [ "$name" = test ] && echo 127.0.0.1 )'
 unix_socket_directories = '$dir/socket'
 shared_preload_libraries = 'eventsourcing'
 max_connections = 100

@@ -119,6 +119,25 @@ if [ -f "$ROOT/test/client/node/json_test.mjs" ]; then
     [ "$bad" -eq 0 ] || FAILURES+=(node)
 fi
 
+# --- client test: pgjdbc (Debian's libpostgresql-jdbc-java), over TCP on 127.0.0.1 ---
+if [ -f "$ROOT/test/client/jdbc/JsonTest.java" ]; then
+    log "client test JDBC"
+    command -v javac >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends default-jdk-headless >/dev/null
+    mkdir -p "$OUT/jdbc"
+    set +e
+    javac -d "$OUT/jdbc" "$ROOT/test/client/jdbc/JsonTest.java" >"$OUT/jdbc.log" 2>&1 &&
+        ES_TEST_JDBC_URL="jdbc:postgresql://127.0.0.1:$PGPORT/postgres?user=$PGUSER" \
+        java -cp "$OUT/jdbc:/usr/share/java/postgresql.jar" JsonTest >>"$OUT/jdbc.log" 2>&1
+    rc=$?
+    set -e
+    cat "$OUT/jdbc.log"
+    ok=$(grep -cE '^ok [0-9]+' "$OUT/jdbc.log" || true)
+    bad=$(grep -cE '^not ok [0-9]+' "$OUT/jdbc.log" || true)
+    if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
+    PASSED=$((PASSED + ok)); FAILED=$((FAILED + bad))
+    [ "$bad" -eq 0 ] || FAILURES+=(jdbc)
+fi
+
 # --- upgrade test ---
 # 0.1.0 (from git history) with data, ALTER EXTENSION UPDATE, compared with a
 # fresh install; its own private copy of PostgreSQL and cluster (port 54318).
