@@ -79,8 +79,8 @@ UPDATE es_stored_events e SET state = set_byte(saved.state, length(saved.state) 
 FROM saved WHERE e.notification_id = saved.notification_id AND e.application_id = (SELECT id FROM es_applications WHERE name = 'enc');
 SELECT id FROM es_select('enc', 4, 1);
 \echo :LAST_ERROR_SQLSTATE
--- a ciphertext moved to another event (with its hash recomputed) does not authenticate either
-UPDATE es_stored_events e SET state = (SELECT state FROM es_stored_events x WHERE x.application_id = e.application_id AND x.notification_id = 7)
+-- a ciphertext moved from another event of the aggregate does not authenticate either
+UPDATE es_stored_events e SET state = (SELECT state FROM es_stored_events x WHERE x.application_id = e.application_id AND x.notification_id = 5)
 FROM saved WHERE e.notification_id = saved.notification_id AND e.application_id = (SELECT id FROM es_applications WHERE name = 'enc');
 SELECT id FROM es_select('enc', 4, 1);
 \echo :LAST_ERROR_SQLSTATE

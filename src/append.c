@@ -44,7 +44,6 @@
 #include "utils/typcache.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
-#include "mb/pg_wchar.h"
 
 #include "access.h"
 #include "codec.h"
@@ -340,7 +339,7 @@ EsCheckVersions(const EsApp *app, Relation events, EsEventIn **sorted, int n)
 		for (int i = start; i < end; i++)
 		{
 			EsStateIdentity id = {rels, app_id, application, &sorted[i]->originator_id,
-			sorted[i]->version, false, current < 0 && i == start};
+			sorted[i]->version, false, current < 0 && i == start, current < 0};
 
 			sorted[i]->stored = PointerGetDatum(EsEncodeState(&id, DatumGetByteaPP(sorted[i]->state),
 															  app->settings.compression,
@@ -598,9 +597,6 @@ es_append_one(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(EsAppend(application, &ev, 1, NULL, 0)[0]);
 }
 
-/* The state of the fields forms: bytes as given, or a jsonb's text. */
-static Datum EsJsonbStateBytes(Jsonb *state);
-
 /* One event given field by field (argument 1 on); the state as bytea or jsonb. */
 static Datum
 EsAppendFields(FunctionCallInfo fcinfo, bool json)
@@ -616,7 +612,7 @@ EsAppendFields(FunctionCallInfo fcinfo, bool json)
 		values[i] = nulls[i] ? (Datum) 0 : PG_GETARG_DATUM(i + 1);
 	}
 	if (json && !nulls[3])
-		values[3] = EsJsonbStateBytes(PG_GETARG_JSONB_P(4));
+		values[3] = PointerGetDatum(EsStateFromJsonb(PG_GETARG_JSONB_P(4)));
 	EsCheckEvent(values, nulls, NULL, false, 0, 0, &ev);
 	PG_RETURN_INT64(EsAppend(application, &ev, 1, NULL, 0)[0]);
 }
@@ -636,15 +632,6 @@ es_append_fields(PG_FUNCTION_ARGS)
  * JSON forms: states given as jsonb are stored as their text (UTF-8).
  * ---------------------------------------------------------------------
  */
-
-/* The stored bytes of a jsonb state: its text, as jsonb writes it. */
-static Datum
-EsJsonbStateBytes(Jsonb *state)
-{
-	char	   *json = JsonbToCString(NULL, &state->root, VARSIZE(state));
-
-	return PointerGetDatum(cstring_to_text(json));
-}
 
 /*
  * es_append_json(application text, originator_id uuid, originator_version
@@ -741,7 +728,7 @@ EsParseJsonEvents(FunctionCallInfo fcinfo, int argno, int *nevents)
 		values[2] = PointerGetDatum(cstring_to_text_with_len(f->val.string.val, f->val.string.len));
 		f = EsJsonField(v.val.binary.data, "state", i, jbvNull, NULL);
 		statev = *f;
-		values[3] = EsJsonbStateBytes(JsonbValueToJsonb(&statev));
+		values[3] = PointerGetDatum(EsStateFromJsonb(JsonbValueToJsonb(&statev)));
 		EsCheckEvent(values, nulls, "events", true, i, i, &in[i]);
 		i++;
 	}
@@ -776,23 +763,4 @@ es_append_json_tracked(PG_FUNCTION_ARGS)
 	text	   *upstream = EsArgUpstream(fcinfo, 2, &position);
 
 	return EsReturnIds(fcinfo, EsAppend(application, in, n, upstream, position), n);
-}
-
-/*
- * es_jsonb(state bytea) RETURNS jsonb: a state's bytes as jsonb (NULL stays
- * NULL, as for a forgotten event); 22021 for bytes that are not text in the
- * database's encoding, 22P02 for text that is not JSON.
- */
-PG_FUNCTION_INFO_V1(es_jsonb);
-Datum
-es_jsonb(PG_FUNCTION_ARGS)
-{
-	bytea	   *state = PG_GETARG_BYTEA_PP(0);
-	int			len = VARSIZE_ANY_EXHDR(state);
-
-	if (!pg_verify_mbstr(GetDatabaseEncoding(), VARDATA_ANY(state), len, true))
-		ereport(ERROR,
-				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
-				 errmsg("state is not valid %s text", GetDatabaseEncodingName())));
-	return DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(VARDATA_ANY(state), len)));
 }

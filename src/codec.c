@@ -47,6 +47,7 @@
 #include "miscadmin.h"
 #include "port/pg_bswap.h"
 #include "utils/builtins.h"
+#include "mb/pg_wchar.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
 
@@ -94,8 +95,6 @@ EsAad(const EsStateIdentity *id, const uint8 *header, int hlen, int *len)
 	p += alen;
 	memcpy(p, id->originator_id->data, UUID_LEN);
 	p += UUID_LEN;
-	memcpy(p, &be64, 8);
-	p += 8;
 	*len = p - aad;
 	return aad;
 }
@@ -319,7 +318,7 @@ EsEncodeState(const EsStateIdentity *id, bytea *plain, bool compress, bool encry
 	}
 	if (encrypt)
 		flags |= ES_FLAG_ENCRYPTED;
-	else if (!id->snapshot &&
+	else if (!id->snapshot && !id->new_aggregate &&
 			 EsDataKey(id->rels, id->app_id, id->originator_id, ES_KEY_PROBE, NULL) == ES_KEY_FORGOTTEN)
 		EsRequireKey(ES_KEY_FORGOTTEN, id);	/* refused, also in clear */
 	if (flags == 0)
@@ -563,7 +562,8 @@ es_set_compression_dictionary(PG_FUNCTION_ARGS)
 	values[1] = Int32GetDatum(dictionary_id);
 	argtypes[1] = INT4OID;
 	appendStringInfo(&sql,
-					 "UPDATE %s SET compression_dictionary = NULLIF($2, 0) WHERE id OPERATOR(pg_catalog.=) $1",
+					 "UPDATE %s SET compression_dictionary = CASE WHEN $2 OPERATOR(pg_catalog.=) 0 THEN NULL ELSE $2 END "
+					 "WHERE id OPERATOR(pg_catalog.=) $1",
 					 EsQualifiedName(&app.rels, "es_applications"));
 	if (SPI_execute_with_args(sql.data, 2, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "eventsourcing: could not update es_applications");
@@ -572,4 +572,18 @@ es_set_compression_dictionary(PG_FUNCTION_ARGS)
 	if (dictionary_id == 0)
 		PG_RETURN_NULL();
 	PG_RETURN_INT32(dictionary_id);
+}
+
+/* The state bytes of a JSON state: its text (UTF-8), as jsonb writes it. */
+bytea *
+EsStateFromJsonb(Jsonb *json)
+{
+	return (bytea *) cstring_to_text(JsonbToCString(NULL, &json->root, VARSIZE(json)));
+}
+
+/* Whether state bytes are text in the database's encoding (no NUL bytes). */
+bool
+EsStateIsText(bytea *state)
+{
+	return pg_verify_mbstr(GetDatabaseEncoding(), VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state), true);
 }

@@ -116,9 +116,20 @@ EsStateOf(const EsApp *app, TupleTableSlot *slot, bool *isnull)
 	id.version = DatumGetInt64(slot->tts_values[Anum_es_originator_version - 1]);
 	id.snapshot = false;
 	id.first = false;
+	id.new_aggregate = false;
 	state = EsDecodeState(&id, DatumGetByteaPP(slot->tts_values[Anum_es_state - 1]), form);
 	*isnull = state == NULL;
 	return PointerGetDatum(state);
+}
+
+static void
+EsCheckStart(int64 start)
+{
+	if (start < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("start must be at least 1"),
+				 errdetail("The given start is " INT64_FORMAT "; notification ids start at 1.", start)));
 }
 
 static void
@@ -309,11 +320,7 @@ es_select(PG_FUNCTION_ARGS)
 				 errmsg("max_count must not be NULL")));
 	max_count = PG_GETARG_INT32(2);
 	EsCheckMaxCount(max_count);
-	if (start < 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("start must be at least 1"),
-				 errdetail("The given start is " INT64_FORMAT "; notification ids start at 1.", start)));
+	EsCheckStart(start);
 	EsParseTopics(fcinfo, 4, &filter);
 	has_group = !PG_ARGISNULL(6);
 	if (!PG_ARGISNULL(5))
@@ -507,11 +514,7 @@ es_select_stored(PG_FUNCTION_ARGS)
 	int			count = 0;
 
 	EsCheckMaxCount(max_count);
-	if (start < 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("start must be at least 1"),
-				 errdetail("The given start is " INT64_FORMAT "; notification ids start at 1.", start)));
+	EsCheckStart(start);
 	EsOpenApp(&app, fcinfo, 0, ES_PRIV_READ);
 	InitMaterializedSRF(fcinfo, 0);
 	EsLogScanBegin(&scan, &app.rels, app.id, start, PG_INT64_MAX, false);

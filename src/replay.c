@@ -353,6 +353,8 @@ EsParsePath(JsonbValue *v, EsPath *path)
 		{
 			char	   *dot = strchr(p, '.');
 
+			CHECK_FOR_INTERRUPTS();
+
 			if (path->n == cap)
 			{
 				cap *= 2;
@@ -380,6 +382,7 @@ EsParsePath(JsonbValue *v, EsPath *path)
 		path->lens = palloc(sizeof(int) * Max(size, 1));
 		while ((tok = JsonbIteratorNext(&it, &e, true)) != WJB_DONE)
 		{
+			CHECK_FOR_INTERRUPTS();
 			if (tok != WJB_ELEM)
 				continue;
 			if (e.type != jbvString)
@@ -884,7 +887,7 @@ EsParseState(EsReplay *r, bytea *state, const char *topic, int64 version)
 	MemoryContext cxt = CurrentMemoryContext;
 
 	/* Text in the database's encoding, without NUL bytes, or it never reaches jsonb. */
-	if (!pg_verify_mbstr(GetDatabaseEncoding(), VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state), true))
+	if (!EsStateIsText(state))
 		ereport(ERROR,
 				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
 				 errmsg("the state of version " INT64_FORMAT " (topic \"%s\") of aggregate %s of application \"%s\" is not valid %s text",
@@ -1389,7 +1392,7 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 	/* An encrypted snapshot: under the aggregate's key, like its events. */
 	if (snap_state == NULL && snap_stored != NULL)
 	{
-		EsStateIdentity sid = {rels, app->id, app->name, originator_id, snap_version, true, false};
+		EsStateIdentity sid = {rels, app->id, app->name, originator_id, snap_version, true, false, false};
 		bytea	   *plain = EsDecodeState(&sid, snap_stored, ES_FORM_ENCODED);
 
 		if (plain != NULL)
@@ -1448,7 +1451,7 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 		slot_getallattrs(slot);
 		{
 			int64		version = DatumGetInt64(slot->tts_values[Anum_es_originator_version - 1]);
-			EsStateIdentity eid = {rels, app->id, app->name, originator_id, version, false, false};
+			EsStateIdentity eid = {rels, app->id, app->name, originator_id, version, false, false, false};
 			bytea	   *state = EsDecodeState(&eid, DatumGetByteaPP(slot->tts_values[Anum_es_state - 1]),
 											  DatumGetInt16(slot->tts_values[Anum_es_stored_form - 1]));
 
@@ -1502,11 +1505,10 @@ EsStoreSnapshot(const EsApp *app, pg_uuid_t *originator_id,
 	values[6] = (Datum) 0;
 	if (app->settings.encryption)
 	{
-		EsStateIdentity sid = {rels, app->id, app->name, originator_id, res->version, true, false};
-		char	   *json = JsonbToCString(NULL, &res->state->root, VARSIZE(res->state));
+		EsStateIdentity sid = {rels, app->id, app->name, originator_id, res->version, true, false, false};
 		int16		form;
 
-		values[6] = PointerGetDatum(EsEncodeState(&sid, (bytea *) cstring_to_text(json),
+		values[6] = PointerGetDatum(EsEncodeState(&sid, EsStateFromJsonb(res->state),
 												  app->settings.compression, true,
 												  app->settings.dictionary, &form));
 		nulls[3] = 'n';
@@ -1581,4 +1583,23 @@ es_snapshot(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	EsStoreSnapshot(&app, originator_id, &res, generation);
 	PG_RETURN_INT64(res.version);
+}
+
+/*
+ * es_jsonb(state bytea) RETURNS jsonb: a state's bytes as jsonb (NULL stays
+ * NULL, as for a forgotten event); 22021 for bytes that are not text in the
+ * database's encoding, 22P02 for text that is not JSON.
+ */
+PG_FUNCTION_INFO_V1(es_jsonb);
+Datum
+es_jsonb(PG_FUNCTION_ARGS)
+{
+	bytea	   *state = PG_GETARG_BYTEA_PP(0);
+
+	if (!EsStateIsText(state))
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("state is not valid %s text", GetDatabaseEncodingName())));
+	return DirectFunctionCall1(jsonb_in,
+							   CStringGetDatum(pnstrdup(VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state))));
 }
