@@ -433,7 +433,7 @@ EsLockAggregate(int32 app_id, const pg_uuid_t *originator_id)
 }
 
 /* search_path = pg_catalog, pg_temp until the current GUC nest level ends. */
-void
+static void
 EsPinSearchPath(void)
 {
 	(void) set_config_option("search_path", "pg_catalog, pg_temp",

@@ -76,6 +76,5 @@ typedef struct EsSpi
 
 extern void EsSpiBegin(EsSpi *spi, const EsRelations *rels);
 extern void EsSpiEnd(EsSpi *spi);
-extern void EsPinSearchPath(void);
 
 #endif							/* ES_CATALOG_H */

@@ -95,6 +95,8 @@ EsAad(const EsStateIdentity *id, const uint8 *header, int hlen, int *len)
 	p += alen;
 	memcpy(p, id->originator_id->data, UUID_LEN);
 	p += UUID_LEN;
+	memcpy(p, &be64, 8);
+	p += 8;
 	*len = p - aad;
 	return aad;
 }

@@ -166,6 +166,8 @@ int			es_max_applications = 1024;
 int			es_max_applications_per_database = 256;
 
 static EsOrderingShared *es_shared = NULL;
+
+static int64 EsReadWatermark(const EsRelations *rels, int32 app_id);
 static HTAB *es_counters = NULL;
 static bool es_exit_callback_registered = false;
 
@@ -708,7 +710,7 @@ EsCounterNext(EsCounter *counter)
 	return (int64) Min(pg_atomic_read_u64(&counter->next), (uint64) PG_INT64_MAX);
 }
 
-int64
+static int64
 EsReadWatermark(const EsRelations *rels, int32 app_id)
 {
 	return EsReadWatermarkColumn(rels, app_id, 2);

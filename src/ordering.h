@@ -41,7 +41,6 @@ extern void EsGapResolverInit(EsGapResolver *r, const EsRelations *rels,
 							  Snapshot snapshot);
 extern int64 EsGapPermanentUpTo(EsGapResolver *r, int64 from, int64 to);
 extern void EsGapResolverEnd(EsGapResolver *r);
-extern int64 EsReadWatermark(const EsRelations *rels, int32 app_id);
 extern int64 EsReadAnnounced(const EsRelations *rels, int32 app_id);
 
 /* For the worker. */

@@ -249,7 +249,7 @@ EsReadableHead(const EsRelations *rels, int32 app_id, int64 after)
 }
 
 /* The consumer-group partition of an aggregate: stable across servers. */
-int32
+static int32
 EsPartition(const pg_uuid_t *originator_id, int32 group_size)
 {
 	return (int32) (hash_bytes(originator_id->data, UUID_LEN) % (uint32) group_size);

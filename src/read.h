@@ -35,6 +35,5 @@ extern struct TupleTableSlot *EsLogScanNext(EsLogScan *s, int64 *id);
 extern void EsLogScanEnd(EsLogScan *s);
 
 extern int64 EsReadableHead(const EsRelations *rels, int32 app_id, int64 after);
-extern int32 EsPartition(const pg_uuid_t *originator_id, int32 group_size);
 
 #endif							/* ES_READ_H */
