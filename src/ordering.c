@@ -681,6 +681,26 @@ EsCountersOfDatabase(Oid dboid, EsCounterRef *refs, int max)
 }
 
 /*
+ * The sum of the next ids of a database's counters: it moves whenever a
+ * writer takes ids (the worker's sign of activity, see wakeup.c).
+ */
+uint64
+EsDatabaseIdsTaken(Oid dboid)
+{
+	HASH_SEQ_STATUS status;
+	EsCounter  *counter;
+	uint64		sum = 0;
+
+	LWLockAcquire(es_shared->lock, LW_SHARED);
+	hash_seq_init(&status, es_counters);
+	while ((counter = hash_seq_search(&status)) != NULL)
+		if (counter->key.dboid == dboid && counter->initialized)
+			sum += pg_atomic_read_u64(&counter->next);
+	LWLockRelease(es_shared->lock);
+	return sum;
+}
+
+/*
  * Forgets the counters of a database that belong to another events table
  * than `keep_relid` (a dropped extension), or all of them when keep_relid is
  * InvalidOid.  Safe: the old table is gone, so nobody can be appending with

@@ -53,6 +53,7 @@ typedef struct EsCounterRef
 
 extern int64 EsComputeWatermark(EsCounter *counter);
 extern int	EsCountersOfDatabase(Oid dboid, EsCounterRef *refs, int max);
+extern uint64 EsDatabaseIdsTaken(Oid dboid);
 extern void EsForgetStaleCounters(Oid dboid, Oid keep_relid);
 extern int64 EsCounterNext(EsCounter *counter);
 

@@ -22,9 +22,10 @@ extern void EsNoteAppend(void);
 /* es_wait: the condition variable writers broadcast at commit, or NULL. */
 extern ConditionVariable *EsNewEventsCV(void);
 
-/* The worker: registers its latch, consumes wake-ups, withdraws. */
+/* The worker: registers its latch, goes to sleep and wakes, withdraws. */
 extern bool EsWorkerAttach(Oid dboid, Latch *latch);
-extern void EsWorkerWakeupConsumed(void);
+extern bool EsWorkerMaySleep(uint64 seen);
+extern void EsWorkerAwake(void);
 extern void EsWorkerDetach(void);
 
 #endif							/* ES_WAKEUP_H */

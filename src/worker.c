@@ -57,6 +57,7 @@
 #include "utils/json.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/hsearch.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -73,6 +74,9 @@
 /* Below DROP DATABASE's 5 s wait for other sessions to leave. */
 #define ES_WORKER_IDLE_EXIT_MS 2000
 
+/* How long the worker keeps polling after the last new id (wakeup.c). */
+#define ES_WORKER_POLL_LINGER_MS 100
+
 typedef struct EsAppWatermark
 {
 	int32		app_id;			/* key */
@@ -80,6 +84,7 @@ typedef struct EsAppWatermark
 	int64		published;		/* watermark written to es_watermarks */
 	int64		announced;		/* highest id announced with NOTIFY */
 	int64		persisted;		/* announced as last written to es_watermarks */
+	char	   *name;			/* the application's name (TopMemoryContext), once read */
 } EsAppWatermark;
 
 int			es_worker_naptime = 20;
@@ -97,19 +102,24 @@ static bool
 EsAnnounce(const EsRelations *rels, int32 app_id, EsAppWatermark *w)
 {
 	int64		head = EsReadableHead(rels, app_id, w->announced);
-	char	   *name;
 	StringInfoData payload;
 
 	if (head <= w->announced)
 		return false;
-	name = EsApplicationName(rels, app_id);
-	if (name == NULL)
-		return false;
+	/* Names never change: an application's id is never given to another. */
+	if (w->name == NULL)
+	{
+		char	   *name = EsApplicationName(rels, app_id);
+
+		if (name == NULL)
+			return false;
+		w->name = MemoryContextStrdup(TopMemoryContext, name);
+	}
 	initStringInfo(&payload);
 	appendStringInfoString(&payload, "{\"application\": ");
-	escape_json(&payload, name);
+	escape_json(&payload, w->name);
 	appendStringInfo(&payload, ", \"notification_id\": " INT64_FORMAT "}", head);
-	Async_Notify(EsChannel(cstring_to_text(name), app_id), payload.data);
+	Async_Notify(EsChannel(cstring_to_text(w->name), app_id), payload.data);
 	w->announced = head;
 	return true;
 }
@@ -119,7 +129,7 @@ EsAnnounce(const EsRelations *rels, int32 app_id, EsAppWatermark *w)
  * Returns false when the extension is no longer installed here.
  */
 static bool
-EsPublishWatermarks(HTAB *published, bool *worked, bool tick)
+EsPublishWatermarks(HTAB *published, bool *worked, bool *pending, bool tick)
 {
 	EsCounterRef *refs = palloc(sizeof(EsCounterRef) * es_max_applications);
 	int64	   *marks = palloc(sizeof(int64) * es_max_applications);
@@ -131,6 +141,7 @@ EsPublishWatermarks(HTAB *published, bool *worked, bool tick)
 	bool		*may_announce = palloc0(sizeof(bool) * Max(n, 1));
 
 	*worked = false;
+	*pending = false;
 	for (int i = 0; i < n; i++)
 	{
 		EsAppWatermark *w = hash_search(published, &refs[i].app_id, HASH_FIND, NULL);
@@ -164,8 +175,8 @@ EsPublishWatermarks(HTAB *published, bool *worked, bool tick)
 	if (installed)
 	{
 		EsSpi		spi;
+		bool		spi_open = false;
 
-		EsSpiBegin(&spi, &rels);
 		for (int i = 0; i < n; i++)
 		{
 			Oid			argtypes[3] = {INT4OID, INT8OID, INT8OID};
@@ -187,11 +198,22 @@ EsPublishWatermarks(HTAB *published, bool *worked, bool tick)
 				w->published = 0;
 				w->announced = EsReadAnnounced(&rels, refs[i].app_id);
 				w->persisted = w->announced;
+				if (found && w->name != NULL)
+					pfree(w->name);
+				w->name = NULL;
 			}
 			if (may_announce[i] && EsAnnounce(&rels, refs[i].app_id, w))
 				*worked = true;
+			/* Ids handed out but not yet readable: their commit may come. */
+			if (es_notify && EsCounterNext(refs[i].counter) - 1 > w->announced)
+				*pending = true;
 			if (marks[i] < 0)
 				continue;
+			if (!spi_open)
+			{
+				EsSpiBegin(&spi, &rels);
+				spi_open = true;
+			}
 			values[0] = Int32GetDatum(refs[i].app_id);
 			values[1] = Int64GetDatum(marks[i]);
 			initStringInfo(&sql);
@@ -209,7 +231,8 @@ EsPublishWatermarks(HTAB *published, bool *worked, bool tick)
 			w->persisted = w->announced;
 			*worked = true;
 		}
-		EsSpiEnd(&spi);
+		if (spi_open)
+			EsSpiEnd(&spi);
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -293,8 +316,10 @@ es_worker_main(Datum main_arg)
 	HTAB	   *published;
 	TimestampTz idle_since = GetCurrentTimestamp();
 	TimestampTz last_seal = GetCurrentTimestamp();
-	TimestampTz last_round = 0;
 	TimestampTz last_tick = 0;
+	TimestampTz last_activity = GetCurrentTimestamp();
+	uint64		seen_taken = 0;
+	bool		pending = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -319,33 +344,42 @@ es_worker_main(Datum main_arg)
 	{
 		bool		worked;
 		bool		tick;
-		long		since;
-
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 es_worker_naptime, PG_WAIT_EXTENSION);
+		long		timeout = es_notify_interval;
+		TimestampTz now;
+		uint64		taken;
 
 		/*
-		 * At most one round per eventsourcing.notify_interval: under load,
-		 * one announcement covers many commits, and the worker's own
-		 * transactions stay a small cost next to the writers'.
+		 * Poll while ids keep being taken (writers then never signal us, see
+		 * wakeup.c) or some taken id is not announced yet; after
+		 * ES_WORKER_POLL_LINGER_MS without either, sleep until a commit
+		 * wakes us.  With notify_interval 0, every commit wakes us at once.
 		 */
-		since = TimestampDifferenceMilliseconds(last_round, GetCurrentTimestamp());
-		if (since < es_notify_interval)
-			(void) WaitLatch(NULL, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 es_notify_interval - since, PG_WAIT_EXTENSION);
+		if (!es_notify || es_notify_interval == 0 ||
+			(!pending &&
+			 TimestampDifferenceExceeds(last_activity, GetCurrentTimestamp(), ES_WORKER_POLL_LINGER_MS)))
+			timeout = EsWorkerMaySleep(seen_taken) ? es_worker_naptime : 0;
+		if (timeout > 0)
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
-		EsWorkerWakeupConsumed();
-		last_round = GetCurrentTimestamp();
-		tick = TimestampDifferenceExceeds(last_tick, last_round, es_worker_naptime);
+		EsWorkerAwake();
+		now = GetCurrentTimestamp();
+		taken = EsDatabaseIdsTaken(MyDatabaseId);
+		if (taken != seen_taken)
+		{
+			seen_taken = taken;
+			last_activity = now;
+		}
+		tick = TimestampDifferenceExceeds(last_tick, now, es_worker_naptime);
 		if (tick)
-			last_tick = last_round;
+			last_tick = now;
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		if (!EsPublishWatermarks(published, &worked, tick))
+		if (!EsPublishWatermarks(published, &worked, &pending, tick))
 			break;				/* extension dropped */
 		if (es_seal_interval > 0 &&
 			TimestampDifferenceExceeds(last_seal, GetCurrentTimestamp(), es_seal_interval * 1000))
@@ -369,7 +403,7 @@ es_worker_main(Datum main_arg)
 			 */
 			EsWorkerDetach();
 			pg_memory_barrier();
-			(void) EsPublishWatermarks(published, &worked, true);
+			(void) EsPublishWatermarks(published, &worked, &pending, true);
 			if (es_seal_interval > 0)
 				EsSealAll();	/* leave nothing unsealed while idle */
 			break;
