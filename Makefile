@@ -28,7 +28,7 @@ endif
 # (after PGXS, which sets it) the TAP tests' own module
 PROVE_FLAGS += -I test/t
 
-.PHONY: deps demo test stop bench
+.PHONY: deps demo test stop bench bench-field bench-size
 
 # Installs missing Debian packages (as root).
 deps:
@@ -51,6 +51,15 @@ bench:
 	bash test/bench/run.sh
 	bash test/bench/notify_bench.sh
 	bash test/bench/crypto_bench.sh
+	bash test/bench/field.sh
+	bash test/bench/size.sh
+
+# The field's workload shapes, and costs against the size of the log.
+bench-field:
+	bash test/bench/field.sh
+
+bench-size:
+	bash test/bench/size.sh
 
 # PGXS does not track header dependencies.
 $(OBJS): $(wildcard src/*.h)

@@ -1,0 +1,133 @@
+#!/bin/bash
+# Costs against the size of the log: the log grows to 10^5, 10^6, 10^7 events
+# (SIZE_STEPS), and at each size the harness measures append throughput
+# (8 clients, one 256-byte event per transaction), the latency of an
+# es_select page of 100 at a random position, of es_events of a random
+# aggregate of 100 events, and of es_max_notification_id, and the peak memory
+# (VmHWM) of a session running es_verify_log, of one running es_seal, and of
+# the worker.
+#
+#   make bench-size         # SIZE_SECONDS=5 SIZE_ROUNDS=3 by default
+#
+# Writes test/bench/results/size.md and size.dat (for test/bench/plot.sh).
+source "$(dirname "$0")/../scripts/common.sh"
+
+SECONDS_PER_RUN=${SIZE_SECONDS:-5}
+ROUNDS=${SIZE_ROUNDS:-3}
+STEPS=${SIZE_STEPS:-"100000 1000000 10000000"}
+BENCH="$ROOT/test/bench"
+RESULTS="$BENCH/results"
+
+ensure_packages
+build_and_install
+cluster_start bench fresh
+cluster_env bench
+trap 'cluster_stop bench' EXIT
+as_pg tee -a "$(cluster_dir bench)/data/postgresql.conf" >/dev/null <<CONF
+shared_buffers = 512MB
+max_wal_size = 8GB
+eventsourcing.seal_interval = 0
+CONF
+cluster_stop bench; cluster_start bench; cluster_env bench
+mkdir -p "$RESULTS"
+WORK=$(mktemp -d); chmod 777 "$WORK"
+
+STATE=$(python3 -c 'import json; s = {"name": "Fido", "trick": "roll over", "note": ""}; n = 256 - len(json.dumps(s)); s["note"] = "x" * n; print(json.dumps(s))')
+psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
+CREATE EXTENSION eventsourcing;
+SELECT es_create_application('size');
+CREATE FUNCTION bench_state() RETURNS bytea LANGUAGE sql IMMUTABLE AS \$\$ SELECT convert_to('$STATE', 'UTF8') \$\$;
+CREATE FUNCTION bench_uuid(k bigint) RETURNS uuid LANGUAGE sql IMMUTABLE
+    AS \$\$ SELECT ('00000000-0000-4000-8000-' || lpad(k::text, 12, '0'))::uuid \$\$;
+-- Grows the log to n events: batches of 1,000 (10 aggregates of 100 events),
+-- one transaction each.
+CREATE PROCEDURE bench_grow(n bigint) LANGUAGE plpgsql AS \$\$
+DECLARE have bigint := coalesce(es_max_notification_id('size'), 0);
+BEGIN
+    FOR b IN have / 1000 .. n / 1000 - 1 LOOP
+        PERFORM count(*) FROM es_append('size', ARRAY(
+            SELECT ROW(bench_uuid(1000000000 + b * 10 + a), v, 'Bench.Event', bench_state())::es_event
+            FROM generate_series(0, 9) a, generate_series(1, 100) v));
+        COMMIT;
+    END LOOP;
+END \$\$;
+SQL
+
+cat >"$WORK/append.sql" <<'SQL'
+SELECT es_append('size', gen_random_uuid(), 1, 'Bench.Event', bench_state());
+SQL
+cat >"$WORK/max_id.sql" <<'SQL'
+SELECT es_max_notification_id('size');
+SQL
+
+# latency SCRIPT [pgbench args] -> "mean_ms p99_ms"
+latency() {
+    local script=$1 out
+    shift
+    rm -f "$WORK"/log.*
+    out=$(cd "$WORK" && "$PG_BIN/pgbench" -n -M prepared -c 1 -T "$SECONDS_PER_RUN" -l --log-prefix="$WORK/log" "$@" \
+          -f "$WORK/$script.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
+    cat "$WORK"/log.* | awk '{print $3}' | sort -n | awk '{a[NR] = $1; s += $1}
+        END {printf "%.3f %.3f", s / NR / 1000, a[int(NR * .99) + 1] / 1000}'
+}
+
+# peak_rss SQL -> "kB seconds": the peak memory of a fresh session running SQL
+peak_rss() {
+    local t0 t1 kb
+    t0=$(date +%s.%N)
+    kb=$(psql -X -q -At -v ON_ERROR_STOP=1 -d postgres <<SQL | tail -1
+SELECT pg_backend_pid() AS pid \gset
+SELECT count(*) FROM ($1) q \g /dev/null
+\! awk '/VmHWM/ {print \$2}' /proc/:pid/status
+SQL
+)
+    t1=$(date +%s.%N)
+    echo "$kb $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')"
+}
+
+median() { echo "$@" | tr ' ' '\n' | awk 'NF' | sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+: >"$RESULTS/size.dat"
+TABLE=""
+for n in $STEPS; do
+    log "growing the log to $n events"
+    start=$(date +%s)
+    psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "CALL bench_grow($n)" -c "VACUUM ANALYZE es_stored_events" -c "CHECKPOINT"
+    log "grown in $(( $(date +%s) - start )) s"
+    have=$(psql -X -At -d postgres -c "SELECT es_max_notification_id('size')")
+    aggs=$(( have / 100 ))
+    cat >"$WORK/page.sql" <<SQL
+\set p random(1, $have - 100)
+SELECT count(*) FROM es_select('size', :p, 100);
+SQL
+    cat >"$WORK/aggregate.sql" <<SQL
+\set a random(0, $(( n / 100 - 1 )))
+SELECT count(*) FROM es_events('size', bench_uuid(1000000000 + :a));
+SQL
+    tps=(); page=(); pagep99=(); agg=(); aggp99=(); maxid=()
+    for ((r = 1; r <= ROUNDS; r++)); do
+        out=$("$PG_BIN/pgbench" -n -M prepared -c 8 -j 2 -T "$SECONDS_PER_RUN" -f "$WORK/append.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
+        tps+=("$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | tail -1)")
+        read -r m p < <(latency page); page+=("$m"); pagep99+=("$p")
+        read -r m p < <(latency aggregate); agg+=("$m"); aggp99+=("$p")
+        read -r m p < <(latency max_id); maxid+=("$m")
+    done
+    read -r verify_kb verify_s < <(peak_rss "SELECT * FROM es_verify_log('size')")
+    read -r seal_kb seal_s < <(peak_rss "SELECT es_seal('size')")
+    worker=$(pgrep -f "eventsourcing worker" | head -1 || true)
+    worker_kb=$( [ -n "$worker" ] && awk '/VmHWM/ {print $2}' "/proc/$worker/status" || echo "-")
+    row="$n $(median "${tps[@]}") $(median "${page[@]}") $(median "${pagep99[@]}") $(median "${agg[@]}") $(median "${aggp99[@]}") $(median "${maxid[@]}") $verify_kb $verify_s $seal_kb $seal_s $worker_kb"
+    log "$row"
+    echo "$row" >>"$RESULTS/size.dat"
+done
+
+{
+    echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'); synchronous_commit on, fsync on, shared_buffers 512MB; 256-byte events in aggregates of 100; pgbench -M prepared, ${SECONDS_PER_RUN}s per run, median of $ROUNDS rounds ($(date -u +%Y-%m-%d))."
+    echo
+    echo "| events in the log | append tps (8 clients) | es_select page of 100, mean / p99 ms | es_events of 100, mean / p99 ms | es_max_notification_id ms | es_verify_log peak RSS MB (s) | es_seal peak RSS MB (s) | worker peak RSS MB |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    awk '{printf "| %d | %.0f | %.3f / %.3f | %.3f / %.3f | %.3f | %.1f (%s) | %.1f (%s) | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 / 1024, $9, $10 / 1024, $11, ($12 == "-") ? "-" : sprintf("%.1f", $12 / 1024)}' "$RESULTS/size.dat"
+    echo
+    awk 'NR == 1 {t = $2; p = $3; a = $5; m = $7} END {printf "At %d events against %d: append throughput %.2fx, page latency %.2fx, es_events %.2fx, es_max_notification_id %.2fx.\n", $1, first, $2 / t, $3 / p, $5 / a, $7 / m} NR == 1 {first = $1}' "$RESULTS/size.dat"
+} | tee "$RESULTS/size.md"
+bash "$BENCH/plot.sh" || log "no plots (gnuplot missing?)"
