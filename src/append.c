@@ -6,37 +6,18 @@
  *	0. open the application through the entry skeleton (access.c): the
  *	   caller needs the append privilege (and track, to record a position);
  *	1. check every argument (nothing is written on a bad one);
- *	2. lock each aggregate of the call, in uuid order, with an advisory lock
- *	   (only writers of the same aggregate wait for each other), and read its
- *	   current version and head with SnapshotDirty;
- *	3. check each aggregate's versions against its current version, store
- *	   each state in the application's form (codec.c: compressed and/or
+ *	2. lock each aggregate of the call, in uuid order, with a transaction-level
+ *	   advisory lock (only writers of the same aggregate wait for each other);
+ *	3. check each aggregate's versions against its current version, read with
+ *	   SnapshotSelf (so a writer that committed while we waited is seen),
+ *	   store each state in the application's form (codec.c: compressed and/or
  *	   encrypted under the aggregate's data key, made under its lock), and
  *	   chain each event's hash, over the stored bytes, to its predecessor's
  *	   (integrity.c);
  *	4. record the tracking position, if given;
  *	5. take the ids and insert heap and index tuples (ordering.c explains why
- *	   this makes the notification log ordered and gap-free), then release
- *	   the aggregates' locks.
+ *	   this makes the notification log ordered and gap-free).
  * Steps 1-4 can refuse the append; none of them takes an id.
- *
- * THE AGGREGATE LOCK IS NOT HELD TO COMMIT
- *
- * It covers the version check and the insert, so two writers can never both
- * pass the check for the same version.  Once our events are in the index,
- * the next writer of the aggregate finds our last event with SnapshotDirty,
- * which shows inserts still in progress and names their transaction; it
- * then lets go of every lock it holds in this call, waits for our
- * transaction to end (XactLockTableWait, a shared wait: every writer of a hot
- * aggregate wakes at once, as with a unique index), and starts step 2 again.
- * So a refused append still takes no id, its error still names the version
- * that won, and a writer never waits for a transaction while holding an
- * aggregate lock.  Holding the lock to commit instead hands the aggregate
- * from waiter to waiter one at a time, each only to learn that it lost
- * (measured: 0.58x a plain table's throughput on Zipf-distributed hot
- * aggregates at 32 clients).  Those who must see every event of an
- * aggregate settled (es_forget) wait for its writers the same way and keep
- * the lock to commit (EsLockAggregateSettled, catalog.c).
  */
 #include "postgres.h"
 
@@ -44,7 +25,6 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
-#include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
@@ -221,7 +201,6 @@ typedef struct EsVersionProbe
 	IndexScanDesc scan;
 	TupleTableSlot *slot;
 	ScanKeyData keys[2];
-	SnapshotData dirty;
 } EsVersionProbe;
 
 static void
@@ -231,12 +210,11 @@ EsVersionProbeBegin(EsVersionProbe *p, const EsRelations *rels, Relation events)
 	p->slot = table_slot_create(events, NULL);
 
 	/*
-	 * The caller holds the aggregate's lock: SnapshotDirty (committed, our
-	 * own, and inserts in progress, whose transaction it names) sees the
-	 * truth, even in a REPEATABLE READ transaction whose snapshot is older.
+	 * The caller holds the aggregate's lock, so every other writer of it has
+	 * ended: SnapshotSelf (committed, plus our own) sees the truth, even in a
+	 * REPEATABLE READ transaction whose snapshot is older.
 	 */
-	InitDirtySnapshot(p->dirty);
-	p->scan = index_beginscan(events, p->idx, &p->dirty, 2, 0);
+	p->scan = index_beginscan(events, p->idx, SnapshotSelf, 2, 0);
 }
 
 static void
@@ -249,17 +227,13 @@ EsVersionProbeEnd(EsVersionProbe *p)
 
 /*
  * The aggregate's current version, or -1 if it has no events; and the hash of
- * its last event (the genesis value if none) in *head.  If another
- * transaction is still writing that event, its xid in *xwait instead (and
- * the rest means nothing).
+ * its last event (the genesis value if none) in *head.
  */
 static int64
-EsCurrentVersion(EsVersionProbe *p, int32 app_id, const pg_uuid_t *originator_id, uint8 *head,
-				 TransactionId *xwait)
+EsCurrentVersion(EsVersionProbe *p, int32 app_id, const pg_uuid_t *originator_id, uint8 *head)
 {
 	int64		version = -1;
 
-	*xwait = InvalidTransactionId;
 	ScanKeyInit(&p->keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
 	ScanKeyInit(&p->keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
 	index_rescan(p->scan, p->keys, 2, NULL, 0);
@@ -267,13 +241,6 @@ EsCurrentVersion(EsVersionProbe *p, int32 app_id, const pg_uuid_t *originator_id
 	{
 		bool		isnull;
 		bytea	   *hash;
-
-		*xwait = InvalidTransactionId;
-		if (TransactionIdIsValid(*xwait))
-		{
-			ExecClearTuple(p->slot);
-			return -1;
-		}
 
 		version = DatumGetInt64(slot_getattr(p->slot, Anum_es_originator_version, &isnull));
 		hash = DatumGetByteaPP(slot_getattr(p->slot, Anum_es_event_hash, &isnull));
@@ -291,23 +258,6 @@ EsCurrentVersion(EsVersionProbe *p, int32 app_id, const pg_uuid_t *originator_id
 	return version;
 }
 
-/* One aggregate of the call: indexed by its first event in the sorted call. */
-typedef struct EsHeadOf
-{
-	int			end;			/* one past its last event in the sorted call */
-	int64		current;		/* its current version, -1 if none */
-	uint8		head[ES_HASH_LEN];	/* the hash of its last event */
-} EsHeadOf;
-
-/* Releases the locks of the aggregates of sorted[0 .. n). */
-static void
-EsUnlockAggregates(int32 app_id, EsEventIn **sorted, int n)
-{
-	for (int i = 0; i < n; i++)
-		if (i == 0 || memcmp(sorted[i]->originator_id.data, sorted[i - 1]->originator_id.data, UUID_LEN) != 0)
-			EsUnlockAggregate(app_id, &sorted[i]->originator_id);
-}
-
 /*
  * Steps 2 and 3 for the events of one call, sorted by aggregate and then by
  * position in the call.
@@ -319,9 +269,8 @@ EsCheckVersions(const EsApp *app, Relation events, EsEventIn **sorted, int n)
 	text	   *application = app->name;
 	const char *appname = app->cname;
 	int32		app_id = app->id;
-	int			start;
+	int			start = 0;
 	EsVersionProbe probe;
-	EsHeadOf   *heads;
 
 	/* Versions within the call first: no lock needed to refuse those. */
 	for (int i = 1; i < n; i++)
@@ -350,48 +299,20 @@ EsCheckVersions(const EsApp *app, Relation events, EsEventIn **sorted, int n)
 					 errhint("The events of one aggregate must be given in version order, each one above the last.")));
 	}
 
-	/*
-	 * Lock every aggregate of the call, in uuid order, and read its head.  If
-	 * another transaction is still writing one, let go of every lock and
-	 * wait for it to end, then start again (see the top of this file).
-	 */
-	heads = palloc(sizeof(EsHeadOf) * n);
-	for (;;)
+	EsVersionProbeBegin(&probe, rels, events);
+	while (start < n)
 	{
-		TransactionId xwait = InvalidTransactionId;
-		int			locked = 0;
-
-		EsVersionProbeBegin(&probe, rels, events);
-		for (start = 0; start < n; start = heads[start].end)
-		{
-			int			end = start + 1;
-
-			CHECK_FOR_INTERRUPTS();
-			while (end < n && memcmp(sorted[end]->originator_id.data, sorted[start]->originator_id.data, UUID_LEN) == 0)
-				end++;
-			heads[start].end = end;
-			EsLockAggregate(app_id, &sorted[start]->originator_id);
-			locked = end;
-			heads[start].current = EsCurrentVersion(&probe, app_id, &sorted[start]->originator_id,
-													heads[start].head, &xwait);
-			if (TransactionIdIsValid(xwait))
-				break;
-		}
-		EsVersionProbeEnd(&probe);
-		if (!TransactionIdIsValid(xwait))
-			break;
-		EsUnlockAggregates(app_id, sorted, locked);
-		XactLockTableWait(xwait, NULL, NULL, XLTW_None);
-	}
-
-	for (start = 0; start < n; start = heads[start].end)
-	{
-		int			end = heads[start].end;
+		int			end = start + 1;
 		EsEventIn  *first = sorted[start];
-		int64		current = heads[start].current;
-		uint8	   *head = heads[start].head;
+		int64		current;
+		uint8		head[ES_HASH_LEN];
 
 		CHECK_FOR_INTERRUPTS();
+		while (end < n && memcmp(sorted[end]->originator_id.data, first->originator_id.data, UUID_LEN) == 0)
+			end++;
+
+		EsLockAggregate(app_id, &first->originator_id);
+		current = EsCurrentVersion(&probe, app_id, &first->originator_id, head);
 		if (current < 0)
 		{
 			if (first->version > 1)
@@ -430,8 +351,9 @@ EsCheckVersions(const EsApp *app, Relation events, EsEventIn **sorted, int n)
 						DatumGetTextPP(sorted[i]->topic), DatumGetByteaPP(sorted[i]->stored),
 						sorted[i]->form, sorted[i]->hash);
 		}
+		start = end;
 	}
-	pfree(heads);
+	EsVersionProbeEnd(&probe);
 }
 
 /* Step 4: the upstream position, above the one recorded, or a 23505. */
@@ -544,7 +466,6 @@ EsAppend(text *application, EsEventIn *in, int n, text *upstream, int64 upstream
 	Relation	events;
 	int64	   *ids = palloc(sizeof(int64) * Max(n, 1));
 	uint32		required = 0;
-	EsEventIn **sorted = NULL;
 
 	if (n > 0 || upstream == NULL)
 		required |= ES_PRIV_APPEND;
@@ -558,7 +479,7 @@ EsAppend(text *application, EsEventIn *in, int n, text *upstream, int64 upstream
 	events = table_open(app.rels.events, RowExclusiveLock);
 	if (n > 0)
 	{
-		sorted = palloc(sizeof(EsEventIn *) * n);
+		EsEventIn **sorted = palloc(sizeof(EsEventIn *) * n);
 
 		for (int i = 0; i < n; i++)
 			sorted[i] = &in[i];
@@ -568,11 +489,7 @@ EsAppend(text *application, EsEventIn *in, int n, text *upstream, int64 upstream
 	if (upstream != NULL)
 		EsRecordTracking(&app.rels, app.id, app.cname, upstream, upstream_position);
 	if (n > 0)
-	{
 		EsInsertEvents(&app.rels, events, app.id, in, n, ids);
-		/* Our events are in the index: later writers find them (see above). */
-		EsUnlockAggregates(app.id, sorted, n);
-	}
 	table_close(events, NoLock);
 	return ids;
 }

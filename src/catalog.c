@@ -23,7 +23,6 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
-#include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
@@ -411,26 +410,18 @@ EsLastEventAttr(const EsRelations *rels, Oid index, Snapshot snapshot,
 /* Distinguishes our aggregate locks from user advisory locks (which use 1, 2). */
 #define ES_AGGREGATE_LOCK_CLASS 0x4553
 
-static void
-EsAggregateLockTag(LOCKTAG *tag, int32 app_id, const pg_uuid_t *originator_id)
-{
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) app_id,
-						 hash_bytes(originator_id->data, UUID_LEN),
-						 ES_AGGREGATE_LOCK_CLASS);
-}
-
 /*
- * The lock of one aggregate.  Writers hold it from their version check to
- * their insert, not to commit (append.c explains why); es_forget holds it to
- * commit.  Two aggregates may share a lock (a hash of the uuid): they then
- * wait for each other, nothing worse.
+ * The lock of one aggregate: held by its writers (append.c) and by
+ * es_forget (keys.c) until the end of the transaction.
  */
 void
 EsLockAggregate(int32 app_id, const pg_uuid_t *originator_id)
 {
 	LOCKTAG		tag;
 
-	EsAggregateLockTag(&tag, app_id, originator_id);
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) app_id,
+						 hash_bytes(originator_id->data, UUID_LEN),
+						 ES_AGGREGATE_LOCK_CLASS);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 
 	/*
@@ -439,69 +430,6 @@ EsLockAggregate(int32 app_id, const pg_uuid_t *originator_id)
 	 * invalidation queue.
 	 */
 	AcceptInvalidationMessages();
-}
-
-/* Releases one EsLockAggregate before the end of the transaction. */
-void
-EsUnlockAggregate(int32 app_id, const pg_uuid_t *originator_id)
-{
-	LOCKTAG		tag;
-
-	EsAggregateLockTag(&tag, app_id, originator_id);
-	(void) LockRelease(&tag, ExclusiveLock, false);
-}
-
-/*
- * The transaction still writing the aggregate's last event, if another one
- * is (InvalidTransactionId if none): read with SnapshotDirty, which shows
- * inserts in progress and names their transaction.
- */
-TransactionId
-EsAggregateWriter(const EsRelations *rels, Relation events, Relation version_idx,
-				  int32 app_id, const pg_uuid_t *originator_id)
-{
-	SnapshotData dirty;
-	ScanKeyData keys[2];
-	IndexScanDesc scan;
-	TupleTableSlot *slot = table_slot_create(events, NULL);
-	TransactionId xwait = InvalidTransactionId;
-
-	InitDirtySnapshot(dirty);
-	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
-	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
-	scan = index_beginscan(events, version_idx, &dirty, 2, 0);
-	index_rescan(scan, keys, 2, NULL, 0);
-	if (index_getnext_slot(scan, BackwardScanDirection, slot))
-		xwait = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	return xwait;
-}
-
-/*
- * Locks the aggregate once no other transaction is still writing it: for
- * those who must see every event of the aggregate settled (es_forget).
- */
-void
-EsLockAggregateSettled(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator_id)
-{
-	Relation	events = table_open(rels->events, AccessShareLock);
-	Relation	idx = index_open(rels->events_version_idx, AccessShareLock);
-
-	for (;;)
-	{
-		TransactionId xwait;
-
-		CHECK_FOR_INTERRUPTS();
-		EsLockAggregate(app_id, originator_id);
-		xwait = EsAggregateWriter(rels, events, idx, app_id, originator_id);
-		if (!TransactionIdIsValid(xwait))
-			break;
-		EsUnlockAggregate(app_id, originator_id);
-		XactLockTableWait(xwait, NULL, NULL, XLTW_None);
-	}
-	index_close(idx, AccessShareLock);
-	table_close(events, AccessShareLock);
 }
 
 /* search_path = pg_catalog, pg_temp until the current GUC nest level ends. */

@@ -10,7 +10,6 @@
 
 #include "access/skey.h"
 #include "fmgr.h"
-#include "utils/relcache.h"
 #include "utils/snapshot.h"
 #include "utils/uuid.h"
 
@@ -50,10 +49,6 @@ extern bool EsLookupRelationsIfInstalled(EsRelations *rels);
 extern char *EsQualifiedName(const EsRelations *rels, const char *relname);
 extern int32 EsLookupApplicationId(const EsRelations *rels, text *name, EsAppSettings *settings);
 extern void EsLockAggregate(int32 app_id, const pg_uuid_t *originator_id);
-extern void EsUnlockAggregate(int32 app_id, const pg_uuid_t *originator_id);
-extern TransactionId EsAggregateWriter(const EsRelations *rels, Relation events, Relation version_idx,
-									   int32 app_id, const pg_uuid_t *originator_id);
-extern void EsLockAggregateSettled(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator_id);
 extern char *EsApplicationName(const EsRelations *rels, int32 app_id);
 extern bool EsLastEventAttr(const EsRelations *rels, Oid index, Snapshot snapshot,
 							ScanKey keys, int nkeys, int attno, Datum *value);

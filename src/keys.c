@@ -661,8 +661,7 @@ es_forget(PG_FUNCTION_ARGS)
 
 	EsOpenApp(&app, fcinfo, 0, ES_PRIV_ADMIN);
 	PreventCommandIfReadOnly("es_forget()");
-	/* Held to commit; an append still in progress ends first. */
-	EsLockAggregateSettled(&app.rels, app.id, originator_id);
+	EsLockAggregate(app.id, originator_id);
 	values[0] = Int32GetDatum(app.id);
 	values[1] = UUIDPGetDatum(originator_id);
 	EsSpiBegin(&spi, &app.rels);
