@@ -11,8 +11,9 @@
 #   C. Zipf-distributed hot aggregates (read the version, append the next,
 #      retry on a conflict) against the same on the plain table;
 #   D. a catch-up reader paging (100 and 1,000 rows a page, every row sent to
-#      the client) while 32 writers append: es_select against an indexed
-#      range SELECT of the same columns;
+#      the client) while 32 writers append (half es_append, half INSERT, the
+#      same for both): es_select against an indexed range SELECT of the same
+#      columns;
 #   E. a gap decision (es_select over a permanent gap) with 32 and with 500
 #      connections open: the slot scan's cost against max_connections.
 #
@@ -209,7 +210,9 @@ done
 for ((r = 1; r <= ROUNDS; r++)); do
     for page in 100 1000; do
         for s in plain es; do
-            "$PG_BIN/pgbench" -n -M prepared -c 32 -j 1 -T $((SECONDS_PER_RUN + 2)) -f "$WORK/$s.sql" postgres >/dev/null 2>&1 &
+            # The same load for both readers: 16 es_append and 16 INSERT writers.
+            "$PG_BIN/pgbench" -n -M prepared -c 32 -j 1 -T $((SECONDS_PER_RUN + 2)) \
+                -f "$WORK/es.sql" -f "$WORK/plain.sql" postgres >/dev/null 2>&1 &
             writers=$!
             sleep 1
             out=$("$PG_BIN/pgbench" -n -M prepared -c 1 -T "$SECONDS_PER_RUN" -f "$WORK/${s}_read_$page.sql" postgres 2>&1) \
