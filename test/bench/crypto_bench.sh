@@ -15,21 +15,12 @@ source "$(dirname "$0")/../scripts/common.sh"
 SECONDS_PER_RUN=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-2}
 BENCH="$ROOT/test/bench"
-RESULTS="$BENCH/results"
 CONFIGS="neither compression dictionary encryption both all"
 
-ensure_packages
-build_and_install
-cluster_start bench fresh
-cluster_env bench
-trap 'cluster_stop bench' EXIT
-as_pg tee -a "$(cluster_dir bench)/data/postgresql.conf" >/dev/null <<CONF
+bench_cluster <<CONF
 max_connections = 120
 shared_buffers = 256MB
 CONF
-cluster_stop bench; cluster_start bench; cluster_env bench
-mkdir -p "$RESULTS"
-WORK=$(mktemp -d); chmod 755 "$WORK"
 
 # A realistic small event: an order line of a shop, about 250 bytes of JSON.
 EVENT="convert_to(json_build_object('order_id', gen_random_uuid(), 'customer', 'customer-' || (random() * 100000)::int,

@@ -27,21 +27,12 @@ SECONDS_PER_RUN=${FIELD_SECONDS:-10}
 ROUNDS=${FIELD_ROUNDS:-3}
 CLIENTS=${FIELD_CLIENTS:-"1 8 32 128"}
 BENCH="$ROOT/test/bench"
-RESULTS="$BENCH/results"
 
-ensure_packages
-build_and_install
-cluster_start bench fresh
-cluster_env bench
-trap 'cluster_stop bench' EXIT
-as_pg tee -a "$(cluster_dir bench)/data/postgresql.conf" >/dev/null <<CONF
+bench_cluster <<CONF
 max_connections = 600
 shared_buffers = 512MB
 max_wal_size = 4GB
 CONF
-cluster_stop bench; cluster_start bench; cluster_env bench
-mkdir -p "$RESULTS"
-WORK=$(mktemp -d); chmod 777 "$WORK"
 
 # A 256-byte JSON event state.
 STATE=$(python3 -c 'import json; s = {"name": "Fido", "trick": "roll over", "note": ""}; n = 256 - len(json.dumps(s)); s["note"] = "x" * n; t = json.dumps(s); assert len(t) == 256; print(t)')

@@ -22,21 +22,14 @@ LOAD_CLIENTS=${BENCH_LOAD_CLIENTS:-8}
 LOAD_RATE=${BENCH_LOAD_RATE:-1000}        # background appends/s
 MEASURED_RATE=${BENCH_MEASURED_RATE:-200}  # measured appends/s
 BENCH="$ROOT/test/bench"
-RESULTS="$BENCH/results"
 PY=/usr/bin/python3
 
-ensure_packages
-build_and_install
-cluster_start bench fresh
-cluster_env bench
-trap 'cluster_stop bench' EXIT
-as_pg tee -a "$(cluster_dir bench)/data/postgresql.conf" >/dev/null <<CONF
+NOTIFY_INTERVAL=${BENCH_NOTIFY_INTERVAL:-5ms}
+bench_cluster <<CONF
 max_connections = 120
 shared_buffers = 256MB
+eventsourcing.notify_interval = $NOTIFY_INTERVAL
 CONF
-cluster_stop bench; cluster_start bench; cluster_env bench
-mkdir -p "$RESULTS"
-WORK=$(mktemp -d); chmod 755 "$WORK"
 trap 'cluster_stop bench; rm -rf "$WORK"' EXIT
 
 psql -X -q -v ON_ERROR_STOP=1 -d postgres >/dev/null <<'SQL'
@@ -127,7 +120,7 @@ verdict() { awk -v r="$1" 'BEGIN {print (r >= 0.9 ? "meets" : "BELOW")}'; }
     echo
     echo "### Push and follow ($(date -u +%Y-%m-%d))"
     echo
-    echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), synchronous_commit on, fsync on, eventsourcing.worker_naptime $(psql -X -A -t -d postgres -c 'SHOW eventsourcing.worker_naptime'); pgbench -M prepared, $CLIENTS clients, -j 2, ${SECONDS_PER_RUN}s per run, one event per transaction (a new aggregate each), $ROUNDS rounds interleaved, all in one run."
+    echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), synchronous_commit on, fsync on, eventsourcing.worker_naptime $(psql -X -A -t -d postgres -c 'SHOW eventsourcing.worker_naptime'), notify_interval $(psql -X -A -t -d postgres -c 'SHOW eventsourcing.notify_interval'); pgbench -M prepared, $CLIENTS clients, -j 2, ${SECONDS_PER_RUN}s per run, one event per transaction (a new aggregate each), $ROUNDS rounds interleaved, all in one run."
     echo
     echo "| eventsourcing.notify | es_append tps, per round | mean tps | / off | target >= 0.9 |"
     echo "| --- | ---: | ---: | ---: | --- |"

@@ -10,6 +10,7 @@ if ! command -v gnuplot >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gnuplot-nox >/dev/null
 fi
 machine="$(nproc) cores, PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), synchronous_commit on, $(date -u +%Y-%m-%d)"
+machine=${machine//_/\\\\_}   # gnuplot's enhanced text: a literal underscore
 
 if [ -s "$RESULTS/field_clients.dat" ]; then
     gnuplot <<GP

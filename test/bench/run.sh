@@ -15,20 +15,11 @@ ROUNDS=${BENCH_ROUNDS:-2}
 CLIENTS=${BENCH_CLIENTS:-"1 8 32"}
 BATCH_CLIENTS=${BENCH_BATCH_CLIENTS:-8}
 BENCH="$ROOT/test/bench"
-RESULTS="$BENCH/results"
 
-ensure_packages
-build_and_install
-cluster_start bench fresh
-cluster_env bench
-trap 'cluster_stop bench' EXIT
-as_pg tee -a "$(cluster_dir bench)/data/postgresql.conf" >/dev/null <<CONF
+bench_cluster <<CONF
 max_connections = 120
 shared_buffers = 256MB
 CONF
-cluster_stop bench; cluster_start bench; cluster_env bench
-mkdir -p "$RESULTS"
-WORK=$(mktemp -d); chmod 755 "$WORK"
 
 psql -X -q -v ON_ERROR_STOP=1 -d postgres <<'SQL'
 CREATE EXTENSION eventsourcing;
@@ -136,7 +127,7 @@ SQL
 declare -A VLAT
 for ((r = 1; r <= ROUNDS; r++)); do
     for s in read_one verify_one read_log verify_log; do
-        out=$("$PG_BIN/pgbench" -n -c 1 -t 5 -f "$WORK/$s.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
+        out=$("$PG_BIN/pgbench" -n -c 1 -t 20 -f "$WORK/$s.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
         lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
         log "round $r, $s over $VERIFY_EVENTS events: $lat ms"
         VLAT[$s]="${VLAT[$s]:-} $lat"
@@ -180,7 +171,7 @@ echo "SELECT es_state('replay', '00000000-0000-4000-8000-00000000d002') IS NOT N
 declare -A RLAT
 for ((r = 1; r <= ROUNDS; r++)); do
     for s in replay_read replay_declarative replay_columns replay_plpgsql state_full state_snapshot; do
-        out=$("$PG_BIN/pgbench" -n -c 1 -t 3 -f "$WORK/$s.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
+        out=$("$PG_BIN/pgbench" -n -c 1 -t "$([ "$s" = replay_plpgsql ] && echo 1 || echo 20)" -f "$WORK/$s.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
         lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
         log "round $r, $s over $REPLAY_EVENTS events: $lat ms"
         RLAT[$s]="${RLAT[$s]:-} $lat"
@@ -191,7 +182,7 @@ mean() { echo "$@" | tr ' ' '\n' | awk 'NF {s += $1; n++} END {printf "%.3f", s 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
 {
-    echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), synchronous_commit on, fsync on; pgbench -M prepared, ${SECONDS_PER_RUN}s per run, mean of $ROUNDS rounds, all in one run ($(date -u +%Y-%m-%d))."
+    echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), synchronous_commit on, fsync on; pgbench -M prepared, ${SECONDS_PER_RUN}s per run, mean of $ROUNDS rounds (verification and replay: 20 calls a round, the PL/pgSQL fold 1), all in one run ($(date -u +%Y-%m-%d))."
     echo
     echo "| clients | plain INSERT tps | es_append tps | LOCK TABLE + INSERT tps | es_append / plain | LOCK TABLE / plain | es_append latency / plain |"
     echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"

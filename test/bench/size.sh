@@ -3,9 +3,9 @@
 # (SIZE_STEPS), and at each size the harness measures append throughput
 # (8 clients, one 256-byte event per transaction), the latency of an
 # es_select page of 100 at a random position, of es_events of a random
-# aggregate of 100 events, and of es_max_notification_id, and the peak memory
-# (VmHWM) of a session running es_verify_log, of one running es_seal, and of
-# the worker.
+# aggregate of 100 events, and of es_max_notification_id, and the peak
+# private memory (VmHWM less RssShmem) of a session running es_verify_log, of
+# one running es_seal, and of the worker.
 #
 #   make bench-size         # SIZE_SECONDS=5 SIZE_ROUNDS=3 by default
 #
@@ -16,21 +16,12 @@ SECONDS_PER_RUN=${SIZE_SECONDS:-5}
 ROUNDS=${SIZE_ROUNDS:-3}
 STEPS=${SIZE_STEPS:-"100000 1000000 10000000"}
 BENCH="$ROOT/test/bench"
-RESULTS="$BENCH/results"
 
-ensure_packages
-build_and_install
-cluster_start bench fresh
-cluster_env bench
-trap 'cluster_stop bench' EXIT
-as_pg tee -a "$(cluster_dir bench)/data/postgresql.conf" >/dev/null <<CONF
+bench_cluster <<CONF
 shared_buffers = 512MB
 max_wal_size = 8GB
 eventsourcing.seal_interval = 0
 CONF
-cluster_stop bench; cluster_start bench; cluster_env bench
-mkdir -p "$RESULTS"
-WORK=$(mktemp -d); chmod 777 "$WORK"
 
 STATE=$(python3 -c 'import json; s = {"name": "Fido", "trick": "roll over", "note": ""}; n = 256 - len(json.dumps(s)); s["note"] = "x" * n; print(json.dumps(s))')
 psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
@@ -68,17 +59,20 @@ latency() {
     out=$(cd "$WORK" && "$PG_BIN/pgbench" -n -M prepared -c 1 -T "$SECONDS_PER_RUN" -l --log-prefix="$WORK/log" "$@" \
           -f "$WORK/$script.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
     cat "$WORK"/log.* | awk '{print $3}' | sort -n | awk '{a[NR] = $1; s += $1}
-        END {printf "%.3f %.3f", s / NR / 1000, a[int(NR * .99) + 1] / 1000}'
+        END {printf "%.3f %.3f\n", s / NR / 1000, a[int(NR * .99) + 1] / 1000}'
 }
 
-# peak_rss SQL -> "kB seconds": the peak memory of a fresh session running SQL
+# peak_rss SQL -> "kB seconds": the peak private memory of a fresh session
+# running SQL: its peak resident size less the shared memory it has touched
+# (shared buffers count in a backend's resident size, up to shared_buffers).
 peak_rss() {
     local t0 t1 kb
     t0=$(date +%s.%N)
     kb=$(psql -X -q -At -v ON_ERROR_STOP=1 -d postgres <<SQL | tail -1
 SELECT pg_backend_pid() AS pid \gset
+\setenv ES_PID :pid
 SELECT count(*) FROM ($1) q \g /dev/null
-\! awk '/VmHWM/ {print \$2}' /proc/:pid/status
+\! awk '/VmHWM/ {hwm = \$2} /RssShmem/ {shm = \$2} END {print hwm - shm}' /proc/\$ES_PID/status
 SQL
 )
     t1=$(date +%s.%N)
@@ -115,7 +109,7 @@ SQL
     read -r verify_kb verify_s < <(peak_rss "SELECT * FROM es_verify_log('size')")
     read -r seal_kb seal_s < <(peak_rss "SELECT es_seal('size')")
     worker=$(pgrep -f "eventsourcing worker" | head -1 || true)
-    worker_kb=$( [ -n "$worker" ] && awk '/VmHWM/ {print $2}' "/proc/$worker/status" || echo "-")
+    worker_kb=$( [ -n "$worker" ] && awk '/VmHWM/ {hwm = $2} /RssShmem/ {shm = $2} END {print hwm - shm}' "/proc/$worker/status" || echo "-")
     row="$n $(median "${tps[@]}") $(median "${page[@]}") $(median "${pagep99[@]}") $(median "${agg[@]}") $(median "${aggp99[@]}") $(median "${maxid[@]}") $verify_kb $verify_s $seal_kb $seal_s $worker_kb"
     log "$row"
     echo "$row" >>"$RESULTS/size.dat"
@@ -124,7 +118,7 @@ done
 {
     echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'); synchronous_commit on, fsync on, shared_buffers 512MB; 256-byte events in aggregates of 100; pgbench -M prepared, ${SECONDS_PER_RUN}s per run, median of $ROUNDS rounds ($(date -u +%Y-%m-%d))."
     echo
-    echo "| events in the log | append tps (8 clients) | es_select page of 100, mean / p99 ms | es_events of 100, mean / p99 ms | es_max_notification_id ms | es_verify_log peak RSS MB (s) | es_seal peak RSS MB (s) | worker peak RSS MB |"
+    echo "| events in the log | append tps (8 clients) | es_select page of 100, mean / p99 ms | es_events of 100, mean / p99 ms | es_max_notification_id ms | es_verify_log peak private memory MB (s) | es_seal peak private memory MB (s) | worker peak private memory MB |"
     echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     awk '{printf "| %d | %.0f | %.3f / %.3f | %.3f / %.3f | %.3f | %.1f (%s) | %.1f (%s) | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 / 1024, $9, $10 / 1024, $11, ($12 == "-") ? "-" : sprintf("%.1f", $12 / 1024)}' "$RESULTS/size.dat"
     echo

@@ -116,3 +116,18 @@ CONF
     as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null \
         || { tail -20 "$dir/server.log" >&2; exit 1; }
 }
+
+# For the benchmarks: builds and installs, starts the throwaway cluster
+# 'bench' with the postgresql.conf lines read from stdin, stops it when the
+# script exits; sets RESULTS and a scratch directory WORK.
+bench_cluster() {
+    ensure_packages
+    build_and_install
+    cluster_start bench fresh
+    trap 'cluster_stop bench' EXIT
+    as_pg tee -a "$(cluster_dir bench)/data/postgresql.conf" >/dev/null
+    cluster_stop bench; cluster_start bench; cluster_env bench
+    RESULTS="$ROOT/test/bench/results"
+    mkdir -p "$RESULTS"
+    WORK=$(mktemp -d); chmod 777 "$WORK"
+}
