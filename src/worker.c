@@ -9,8 +9,10 @@
  * (ordering.c) and, when one has moved, writes it to es_watermarks in a short
  * transaction of its own, with synchronous_commit off: the watermark is only
  * a hint for hot-standby readers, it never holds a writer back, and a lost
- * one is recomputed.  Woken by writers' commits, it announces on each
- * application's NOTIFY channel the highest id readers can now be given.
+ * one is recomputed.  Every eventsourcing.notify_interval while appends
+ * keep coming, or when a commit wakes it from sleep (wakeup.c), it announces
+ * on each application's NOTIFY channel the highest id readers can now be
+ * given.
  *
  * With eventsourcing.seal_interval set, it also seals every application of
  * the database that often (integrity.c), and once more before it exits when
@@ -417,7 +419,7 @@ void
 EsWorkerInit(void)
 {
 	DefineCustomIntVariable("eventsourcing.worker_naptime",
-							"How often, at most, the eventsourcing worker looks for new events when not woken.",
+							"How often the eventsourcing worker publishes watermarks, and looks for new events while asleep.",
 							NULL,
 							&es_worker_naptime,
 							20, 1, 60000,
@@ -438,8 +440,8 @@ EsWorkerInit(void)
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
 	DefineCustomIntVariable("eventsourcing.notify_interval",
-							"The shortest time between two rounds of the eventsourcing worker (announcements are coalesced).",
-							NULL,
+							"How often the eventsourcing worker looks for new events to announce while appends keep coming.",
+							"Announcements are coalesced; after 100 ms without a new id the worker sleeps until a commit wakes it. 0: every commit wakes it.",
 							&es_notify_interval,
 							5, 0, 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,

@@ -98,18 +98,21 @@ SQL
 \set a random(0, $(( n / 100 - 1 )))
 SELECT count(*) FROM es_events('size', bench_uuid(1000000000 + :a));
 SQL
-    tps=(); page=(); pagep99=(); agg=(); aggp99=(); maxid=()
+    tps=(); page=(); pagep99=(); agg=(); aggp99=(); maxid=(); worker_kb=0
     for ((r = 1; r <= ROUNDS; r++)); do
         out=$("$PG_BIN/pgbench" -n -M prepared -c 8 -j 2 -T "$SECONDS_PER_RUN" -f "$WORK/append.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
         tps+=("$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | tail -1)")
+        # The worker has just been busy (it leaves 2 s after the last append).
+        for w in $(pgrep -f "eventsourcing worker" || true); do
+            kb=$(awk '/VmHWM/ {hwm = $2} /RssShmem/ {shm = $2} END {print hwm - shm}' "/proc/$w/status" 2>/dev/null || echo 0)
+            [ "$kb" -gt "$worker_kb" ] && worker_kb=$kb
+        done
         read -r m p < <(latency page); page+=("$m"); pagep99+=("$p")
         read -r m p < <(latency aggregate); agg+=("$m"); aggp99+=("$p")
         read -r m p < <(latency max_id); maxid+=("$m")
     done
     read -r verify_kb verify_s < <(peak_rss "SELECT * FROM es_verify_log('size')")
     read -r seal_kb seal_s < <(peak_rss "SELECT es_seal('size')")
-    worker=$(pgrep -f "eventsourcing worker" | head -1 || true)
-    worker_kb=$( [ -n "$worker" ] && awk '/VmHWM/ {hwm = $2} /RssShmem/ {shm = $2} END {print hwm - shm}' "/proc/$worker/status" || echo "-")
     row="$n $(median "${tps[@]}") $(median "${page[@]}") $(median "${pagep99[@]}") $(median "${agg[@]}") $(median "${aggp99[@]}") $(median "${maxid[@]}") $verify_kb $verify_s $seal_kb $seal_s $worker_kb"
     log "$row"
     echo "$row" >>"$RESULTS/size.dat"
@@ -120,7 +123,7 @@ done
     echo
     echo "| events in the log | append tps (8 clients) | es_select page of 100, mean / p99 ms | es_events of 100, mean / p99 ms | es_max_notification_id ms | es_verify_log peak private memory MB (s) | es_seal peak private memory MB (s) | worker peak private memory MB |"
     echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    awk '{printf "| %d | %.0f | %.3f / %.3f | %.3f / %.3f | %.3f | %.1f (%s) | %.1f (%s) | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 / 1024, $9, $10 / 1024, $11, ($12 == "-") ? "-" : sprintf("%.1f", $12 / 1024)}' "$RESULTS/size.dat"
+    awk '{printf "| %d | %.0f | %.3f / %.3f | %.3f / %.3f | %.3f | %.1f (%s) | %.1f (%s) | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 / 1024, $9, $10 / 1024, $11, sprintf("%.1f", $12 / 1024)}' "$RESULTS/size.dat"
     echo
     awk 'NR == 1 {t = $2; p = $3; a = $5; m = $7} END {printf "At %d events against %d: append throughput %.2fx, page latency %.2fx, es_events %.2fx, es_max_notification_id %.2fx.\n", $1, first, $2 / t, $3 / p, $5 / a, $7 / m} NR == 1 {first = $1}' "$RESULTS/size.dat"
 } | tee "$RESULTS/size.md"
