@@ -32,13 +32,39 @@ CREATE FUNCTION bench_uuid(k bigint) RETURNS uuid LANGUAGE sql IMMUTABLE
     AS \$\$ SELECT ('00000000-0000-4000-8000-' || lpad(k::text, 12, '0'))::uuid \$\$;
 -- Grows the log to n events: batches of 1,000 (10 aggregates of 100 events),
 -- one transaction each.
+-- (The batches done are counted apart: the appends measured at each size add
+-- events of their own, and every aggregate 0 .. n/100 - 1 must exist.)
+CREATE TABLE bench_progress (kind text PRIMARY KEY, batches bigint NOT NULL);
+INSERT INTO bench_progress VALUES ('es', 0), ('plain', 0);
 CREATE PROCEDURE bench_grow(n bigint) LANGUAGE plpgsql AS \$\$
-DECLARE have bigint := coalesce(es_max_notification_id('size'), 0);
+DECLARE have bigint := (SELECT batches FROM bench_progress WHERE kind = 'es');
 BEGIN
-    FOR b IN have / 1000 .. n / 1000 - 1 LOOP
+    FOR b IN have .. n / 1000 - 1 LOOP
         PERFORM count(*) FROM es_append('size', ARRAY(
             SELECT ROW(bench_uuid(1000000000 + b * 10 + a), v, 'Bench.Event', bench_state())::es_event
             FROM generate_series(0, 9) a, generate_series(1, 100) v));
+        UPDATE bench_progress SET batches = b + 1 WHERE kind = 'es';
+        COMMIT;
+    END LOOP;
+END \$\$;
+-- The baseline: a plain table with the same columns and indexes, grown in
+-- step with the same events (no ordering, no chain, no lock).
+CREATE TABLE plain_events (
+    application_id integer NOT NULL, notification_id bigserial NOT NULL,
+    originator_id uuid NOT NULL, originator_version bigint NOT NULL,
+    topic text COLLATE "C" NOT NULL, state bytea NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    event_hash bytea, stored_form smallint NOT NULL DEFAULT 0,
+    PRIMARY KEY (application_id, notification_id),
+    UNIQUE (application_id, originator_id, originator_version));
+CREATE PROCEDURE bench_grow_plain(n bigint) LANGUAGE plpgsql AS \$\$
+DECLARE have bigint := (SELECT batches FROM bench_progress WHERE kind = 'plain');
+BEGIN
+    FOR b IN have .. n / 1000 - 1 LOOP
+        INSERT INTO plain_events (application_id, originator_id, originator_version, topic, state, event_hash)
+            SELECT 1, bench_uuid(1000000000 + b * 10 + a), v, 'Bench.Event', bench_state(), sha256(int8send(b * 1000 + a * 100 + v))
+            FROM generate_series(0, 9) a, generate_series(1, 100) v;
+        UPDATE bench_progress SET batches = b + 1 WHERE kind = 'plain';
         COMMIT;
     END LOOP;
 END \$\$;
@@ -49,6 +75,13 @@ SELECT es_append('size', gen_random_uuid(), 1, 'Bench.Event', bench_state());
 SQL
 cat >"$WORK/max_id.sql" <<'SQL'
 SELECT es_max_notification_id('size');
+SQL
+cat >"$WORK/plain_append.sql" <<'SQL'
+INSERT INTO plain_events (application_id, originator_id, originator_version, topic, state)
+VALUES (1, gen_random_uuid(), 1, 'Bench.Event', bench_state());
+SQL
+cat >"$WORK/plain_max_id.sql" <<'SQL'
+SELECT max(notification_id) FROM plain_events WHERE application_id = 1;
 SQL
 
 # latency SCRIPT [pgbench args] -> "mean_ms p99_ms"
@@ -86,7 +119,8 @@ TABLE=""
 for n in $STEPS; do
     log "growing the log to $n events"
     start=$(date +%s)
-    psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "CALL bench_grow($n)" -c "VACUUM ANALYZE es_stored_events" -c "CHECKPOINT"
+    psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "CALL bench_grow($n)" -c "CALL bench_grow_plain($n)" \
+        -c "VACUUM ANALYZE es_stored_events, plain_events" -c "CHECKPOINT"
     log "grown in $(( $(date +%s) - start )) s"
     have=$(psql -X -At -d postgres -c "SELECT es_max_notification_id('size')")
     aggs=$(( have / 100 ))
@@ -98,7 +132,19 @@ SQL
 \set a random(0, $(( n / 100 - 1 )))
 SELECT count(*) FROM es_events('size', bench_uuid(1000000000 + :a));
 SQL
+    pfirst=$(psql -X -At -d postgres -c "SELECT min(notification_id) FROM plain_events")
+    cat >"$WORK/plain_page.sql" <<SQL
+\\set p random($pfirst, $pfirst + $n - 100)
+SELECT count(*) FROM (SELECT notification_id, originator_id, originator_version, topic, state, recorded_at, event_hash
+    FROM plain_events WHERE application_id = 1 AND notification_id >= :p ORDER BY notification_id LIMIT 100) e;
+SQL
+    cat >"$WORK/plain_aggregate.sql" <<SQL
+\\set a random(0, $(( n / 100 - 1 )))
+SELECT count(*) FROM (SELECT notification_id, originator_version, topic, state, recorded_at, event_hash
+    FROM plain_events WHERE application_id = 1 AND originator_id = bench_uuid(1000000000 + :a) ORDER BY originator_version) e;
+SQL
     tps=(); page=(); pagep99=(); agg=(); aggp99=(); maxid=(); worker_kb=0
+    ptps=(); ppage=(); ppagep99=(); pagg=(); paggp99=(); pmaxid=()
     for ((r = 1; r <= ROUNDS; r++)); do
         out=$("$PG_BIN/pgbench" -n -M prepared -c 8 -j 2 -T "$SECONDS_PER_RUN" -f "$WORK/append.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
         tps+=("$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | tail -1)")
@@ -110,10 +156,16 @@ SQL
         read -r m p < <(latency page); page+=("$m"); pagep99+=("$p")
         read -r m p < <(latency aggregate); agg+=("$m"); aggp99+=("$p")
         read -r m p < <(latency max_id); maxid+=("$m")
+        out=$("$PG_BIN/pgbench" -n -M prepared -c 8 -j 2 -T "$SECONDS_PER_RUN" -f "$WORK/plain_append.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
+        ptps+=("$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | tail -1)")
+        read -r m p < <(latency plain_page); ppage+=("$m"); ppagep99+=("$p")
+        read -r m p < <(latency plain_aggregate); pagg+=("$m"); paggp99+=("$p")
+        read -r m p < <(latency plain_max_id); pmaxid+=("$m")
     done
     read -r verify_kb verify_s < <(peak_rss "SELECT * FROM es_verify_log('size')")
     read -r seal_kb seal_s < <(peak_rss "SELECT es_seal('size')")
     row="$n $(median "${tps[@]}") $(median "${page[@]}") $(median "${pagep99[@]}") $(median "${agg[@]}") $(median "${aggp99[@]}") $(median "${maxid[@]}") $verify_kb $verify_s $seal_kb $seal_s $worker_kb"
+    row="$row $(median "${ptps[@]}") $(median "${ppage[@]}") $(median "${ppagep99[@]}") $(median "${pagg[@]}") $(median "${paggp99[@]}") $(median "${pmaxid[@]}")"
     log "$row"
     echo "$row" >>"$RESULTS/size.dat"
 done
@@ -125,6 +177,14 @@ done
     echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     awk '{printf "| %d | %.0f | %.3f / %.3f | %.3f / %.3f | %.3f | %.1f (%s) | %.1f (%s) | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 / 1024, $9, $10 / 1024, $11, sprintf("%.1f", $12 / 1024)}' "$RESULTS/size.dat"
     echo
-    awk 'NR == 1 {t = $2; p = $3; a = $5; m = $7} END {printf "At %d events against %d: append throughput %.2fx, page latency %.2fx, es_events %.2fx, es_max_notification_id %.2fx.\n", $1, first, $2 / t, $3 / p, $5 / a, $7 / m} NR == 1 {first = $1}' "$RESULTS/size.dat"
+    echo "The same on the plain table, grown in step (a plain INSERT; a range SELECT of 100 rows; the rows of one aggregate; max(notification_id)):"
+    echo
+    echo "| events in the table | INSERT tps (8 clients) | page of 100, mean / p99 ms | one aggregate's 100 rows, mean / p99 ms | max id ms |"
+    echo "| ---: | ---: | ---: | ---: | ---: |"
+    awk '{printf "| %d | %.0f | %.3f / %.3f | %.3f / %.3f | %.3f |\n", $1, $13, $14, $15, $16, $17, $18}' "$RESULTS/size.dat"
+    echo
+    awk 'NR == 1 {first = $1; t = $2; p = $3; a = $5; m = $7; pt = $13; pp = $14; pa = $16; pm = $18}
+        END {printf "At %d events against %d: append throughput %.2fx (plain INSERT %.2fx), page latency %.2fx (plain %.2fx), one aggregate %.2fx (plain %.2fx), max id %.2fx (plain %.2fx).\n",
+                    $1, first, $2 / t, $13 / pt, $3 / p, $14 / pp, $5 / a, $16 / pa, $7 / m, $18 / pm}' "$RESULTS/size.dat"
 } | tee "$RESULTS/size.md"
 bash "$BENCH/plot.sh" || log "no plots (gnuplot missing?)"
