@@ -35,20 +35,13 @@ max_wal_size = 4GB
 CONF
 
 # A 256-byte JSON event state.
-STATE=$(python3 -c 'import json; s = {"name": "Fido", "trick": "roll over", "note": ""}; n = 256 - len(json.dumps(s)); s["note"] = "x" * n; t = json.dumps(s); assert len(t) == 256; print(t)')
+STATE=$BENCH_STATE_256
 STATE_SQL="convert_to('$STATE', 'UTF8')"
 
 psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
 CREATE EXTENSION eventsourcing;
 SELECT es_create_application('bench');
-CREATE TABLE plain_events (
-    application_id integer NOT NULL, notification_id bigserial NOT NULL,
-    originator_id uuid NOT NULL, originator_version bigint NOT NULL,
-    topic text COLLATE "C" NOT NULL, state bytea NOT NULL,
-    recorded_at timestamptz NOT NULL DEFAULT now(),
-    event_hash bytea, stored_form smallint NOT NULL DEFAULT 0,
-    PRIMARY KEY (application_id, notification_id),
-    UNIQUE (application_id, originator_id, originator_version));
+$BENCH_PLAIN_TABLE
 CREATE FUNCTION bench_state() RETURNS bytea LANGUAGE sql IMMUTABLE AS \$\$ SELECT $STATE_SQL \$\$;
 -- Zipf workload: read the aggregate's version, append the next, retry on a conflict.
 CREATE FUNCTION bench_uuid(k int) RETURNS uuid LANGUAGE sql IMMUTABLE

@@ -23,7 +23,7 @@ max_wal_size = 8GB
 eventsourcing.seal_interval = 0
 CONF
 
-STATE=$(python3 -c 'import json; s = {"name": "Fido", "trick": "roll over", "note": ""}; n = 256 - len(json.dumps(s)); s["note"] = "x" * n; print(json.dumps(s))')
+STATE=$BENCH_STATE_256
 psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
 CREATE EXTENSION eventsourcing;
 SELECT es_create_application('size');
@@ -49,14 +49,7 @@ BEGIN
 END \$\$;
 -- The baseline: a plain table with the same columns and indexes, grown in
 -- step with the same events (no ordering, no chain, no lock).
-CREATE TABLE plain_events (
-    application_id integer NOT NULL, notification_id bigserial NOT NULL,
-    originator_id uuid NOT NULL, originator_version bigint NOT NULL,
-    topic text COLLATE "C" NOT NULL, state bytea NOT NULL,
-    recorded_at timestamptz NOT NULL DEFAULT now(),
-    event_hash bytea, stored_form smallint NOT NULL DEFAULT 0,
-    PRIMARY KEY (application_id, notification_id),
-    UNIQUE (application_id, originator_id, originator_version));
+$BENCH_PLAIN_TABLE
 CREATE PROCEDURE bench_grow_plain(n bigint) LANGUAGE plpgsql AS \$\$
 DECLARE have bigint := (SELECT batches FROM bench_progress WHERE kind = 'plain');
 BEGIN

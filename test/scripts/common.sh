@@ -131,3 +131,17 @@ bench_cluster() {
     mkdir -p "$RESULTS"
     WORK=$(mktemp -d); chmod 777 "$WORK"
 }
+
+# The field's event: a 256-byte JSON state.
+BENCH_STATE_256='{"name": "Fido", "trick": "roll over", "note": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}'
+
+# The baseline table of the benchmarks: es_stored_events' columns and
+# indexes, a bigserial id, no ordering guarantee.
+BENCH_PLAIN_TABLE='CREATE TABLE plain_events (
+    application_id integer NOT NULL, notification_id bigserial NOT NULL,
+    originator_id uuid NOT NULL, originator_version bigint NOT NULL,
+    topic text COLLATE "C" NOT NULL, state bytea NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    event_hash bytea, stored_form smallint NOT NULL DEFAULT 0,
+    PRIMARY KEY (application_id, notification_id),
+    UNIQUE (application_id, originator_id, originator_version));'
