@@ -665,6 +665,30 @@ class FollowTest(unittest.TestCase):
         payloads = listener.collect(1.0)
         self.assertTrue(payloads and max(p["notification_id"] for p in payloads) == 3, payloads)
 
+    def test_sleeping_worker_woken_by_commit(self):
+        """After 100 ms without a new id the worker stops polling and sleeps
+        until a commit wakes it: with worker_naptime at 60 s, an append to a
+        sleeping worker is still announced at once (a lost wake-up would
+        leave it unannounced for a minute)."""
+        app = "wake_sleeper"
+        admin, lconn = self.connect(), self.connect()
+        self.create(admin, app)
+        listener = Listener(lconn, "es:" + app)
+        try:
+            admin.execute("ALTER SYSTEM SET eventsourcing.worker_naptime = '60s'")
+            admin.execute("SELECT pg_reload_conf()")
+            time.sleep(0.3)
+            for n in (1, 2, 3):
+                self.append_one(admin, app)
+                payloads = listener.wait(3.0)
+                self.assertTrue(payloads, "append %d was not announced" % n)
+                self.assertEqual(max(p["notification_id"] for p in payloads), n)
+                time.sleep(0.5)             # the worker has gone to sleep
+                self.assertTrue(worker_running(admin), "the sleeping worker exited")
+        finally:
+            admin.execute("ALTER SYSTEM RESET eventsourcing.worker_naptime")
+            admin.execute("SELECT pg_reload_conf()")
+
     def test_channel_names(self):
         """Names that need quoting are announced as JSON strings on their own
         channel; names over 60 bytes use the application's id."""
