@@ -176,6 +176,21 @@ SELECT es_append('enc_retry', '00000000-0000-0000-0000-0000000000c1', 2, 'T', '{
 SELECT es_forget('enc_retry', '00000000-0000-0000-0000-0000000000c1');
 SELECT originator_version, state IS NULL AS forgotten FROM es_events('enc_retry', '00000000-0000-0000-0000-0000000000c1');
 
+-- A dictionary recorded and used in a transaction that rolls back: its id
+-- goes to the next dictionary, and what this backend compresses with that
+-- one is read back by another backend.
+SELECT es_create_application('enc_dict_rb');
+SELECT es_configure('enc_dict_rb', compression => true);
+BEGIN;
+SELECT es_set_compression_dictionary('enc_dict_rb', convert_to(repeat('{"first dictionary": 1}', 20), 'UTF8'));
+SELECT es_append('enc_dict_rb', '00000000-0000-0000-0000-0000000000d1', 1, 'T', convert_to(repeat('{"first dictionary": 1}', 10), 'UTF8'));
+ROLLBACK;
+SELECT es_set_compression_dictionary('enc_dict_rb', convert_to(repeat('{"second one, other bytes": 2}', 20), 'UTF8'));
+SELECT es_append('enc_dict_rb', '00000000-0000-0000-0000-0000000000d1', 1, 'T', convert_to(repeat('{"second one, other bytes": 2}', 10), 'UTF8'));
+\c
+SELECT convert_from(state, 'UTF8') = repeat('{"second one, other bytes": 2}', 10) AS read_back
+  FROM es_select('enc_dict_rb', 1, 10);
+
 -- 7. Rotation needs the previous key loaded.
 SELECT es_rewrap_keys();
 \echo :LAST_ERROR_SQLSTATE

@@ -102,13 +102,14 @@ EsAad(const EsStateIdentity *id, const uint8 *header, int hlen, int *len)
 }
 
 /*
- * zlib, with one deflate stream per backend, reset for each state: setting a
- * stream up allocates about 256 kB, which would cost more than compressing a
- * small event.
+ * A preset dictionary, cached per backend: committed dictionaries never
+ * change, and a new extension has a new table (part of the key).  One this
+ * transaction recorded is not cached: it may still roll back, and its id be
+ * given to another dictionary.
  */
-/* A preset dictionary, cached per backend (dictionaries never change). */
 typedef struct EsDictKey
 {
+	Oid			relid;			/* es_dictionaries */
 	int32		app_id;
 	int32		dictionary_id;
 } EsDictKey;
@@ -132,6 +133,7 @@ EsDictionary(const EsStateIdentity *id, int32 dictionary_id)
 	SysScanDesc scan;
 	HeapTuple	tuple;
 	bytea	   *bytes = NULL;
+	bool		own = false;
 
 	if (dicts == NULL)
 	{
@@ -143,6 +145,7 @@ EsDictionary(const EsStateIdentity *id, int32 dictionary_id)
 		dicts = hash_create("eventsourcing dictionaries", 8, &info, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
 	memset(&key, 0, sizeof(key));
+	key.relid = id->rels->dictionaries;
 	key.app_id = id->app_id;
 	key.dictionary_id = dictionary_id;
 	entry = hash_search(dicts, &key, HASH_FIND, NULL);
@@ -161,14 +164,15 @@ EsDictionary(const EsStateIdentity *id, int32 dictionary_id)
 
 		if (!isnull)
 			bytes = DatumGetByteaPCopy(d);
+		own = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tuple->t_data));
 	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
 	if (bytes == NULL || VARSIZE_ANY_EXHDR(bytes) > ES_MAX_DICTIONARY)
 		return NULL;
-	entry = hash_search(dicts, &key, HASH_ENTER, &found);
+	entry = own ? palloc(sizeof(EsDictEntry)) : hash_search(dicts, &key, HASH_ENTER, &found);
 	entry->len = VARSIZE_ANY_EXHDR(bytes);
-	entry->bytes = MemoryContextAlloc(CacheMemoryContext, Max(entry->len, 1));
+	entry->bytes = MemoryContextAlloc(own ? CurrentMemoryContext : CacheMemoryContext, Max(entry->len, 1));
 	memcpy(entry->bytes, VARDATA_ANY(bytes), entry->len);
 	return entry;
 }
