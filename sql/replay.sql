@@ -107,6 +107,48 @@ SELECT es_set_snapshot_every('dogs', 0);
 \echo :LAST_ERROR_SQLSTATE
 SELECT es_set_snapshot_every('dogs', NULL);
 
+-- Folds that read fields parse only those fields; reading the whole event
+-- (a "from": "" operation) parses all of it as jsonb.  Both give the same
+-- state for escapes, nesting, duplicate keys (the last wins), arrays and
+-- scalars: the same events folded both ways, compared version by version.
+SELECT es_create_application('pick');
+SELECT es_define_fold('pick', 'Fields', ops), es_define_fold('pick', 'Whole', ops || '[{"op": "merge", "path": "_w", "from": ""}, {"op": "delete", "path": "_w"}]')
+FROM (VALUES ('[{"op": "set", "path": "s", "from": "s"}, {"op": "set", "path": "deep", "from": "a.b.c"},
+               {"op": "append", "path": "list", "from": "x"}, {"op": "add", "path": "sum", "from": "n"},
+               {"op": "merge", "path": "m", "from": "obj"}, {"op": "set", "path": "arr", "from": "arr"},
+               {"op": "set", "path": "flag", "from": "f"}, {"op": "set", "path": "nil", "from": "z"}]'::jsonb)) o(ops);
+CREATE TEMP TABLE pick_events (v int, body text);
+INSERT INTO pick_events VALUES
+    (1, '{"s": "plain", "n": 1, "f": true, "z": null, "arr": [1, {"s": "inner"}], "obj": {"k": 1}}'),
+    (2, '{"s": "esc\"aped \u00e9\n", "x": "\u0041", "obj": {"k": 2, "j": [3]}}'),
+    (3, '{"a": {"b": {"c": [1, 2]}}, "x": {"y": [true, null]}, "f": false}'),
+    (4, '{"s": "first", "s": "second", "a": {"b": {"c": 1}}, "a": {"d": 2}}'),
+    (5, '[{"s": "in an array"}, {"a": {"b": {"c": 9}}}]'),
+    (6, '{"arr2": [{"a": {"b": {"c": 9}}}], "q": {"a": {"b": {"c": 8}}}}'),
+    (7, '{"\u0073": "escaped key", "n": 1e2, "\u0061": {"b": {"c": "via escaped key"}}}'),
+    (8, '{"n": -0.5e-1, "x": 12345678901234567890.5}'),
+    (9, '"just a string"'),
+    (10, '42'),
+    (11, '{"a": {"b": 5}}'),
+    (12, '{"a": {"b": {"c": "first"}}, "a": {"b": {"c": "second"}}}'),
+    (13, '{"a": {"b": {"c": "kept"}, "b": 1}}'),
+    (14, '  { "s" : "spaced" , "z" : "not null" , "f" : null }  ');
+SELECT count(*) FROM pick_events p,
+    LATERAL (SELECT es_append('pick', '0c0c0c0c-0000-4000-8000-000000000001', p.v, 'Fields', convert_to(p.body, 'UTF8'))
+             UNION ALL
+             SELECT es_append('pick', '0c0c0c0c-0000-4000-8000-000000000002', p.v, 'Whole', convert_to(p.body, 'UTF8'))) s;
+SELECT v, f.state = w.state AS same, f.state
+FROM generate_series(1, 14) v,
+     LATERAL (SELECT es_state('pick', '0c0c0c0c-0000-4000-8000-000000000001', v) AS state) f,
+     LATERAL (SELECT es_state('pick', '0c0c0c0c-0000-4000-8000-000000000002', v) AS state) w
+ORDER BY v;
+SELECT es_replay('pick', e) = es_state('pick', '0c0c0c0c-0000-4000-8000-000000000001') AS replay_same
+FROM es_events('pick', '0c0c0c0c-0000-4000-8000-000000000001') e;
+-- a field that jsonb cannot hold is refused by both
+SELECT es_append('pick', '0c0c0c0c-0000-4000-8000-000000000001', 15, 'Fields', convert_to('{"other": "\u0000"}', 'UTF8'));
+SELECT es_state('pick', '0c0c0c0c-0000-4000-8000-000000000001');
+\echo :LAST_ERROR_SQLSTATE
+
 -- Errors
 SELECT es_append('dogs', 'd0d0d0d0-0000-4000-8000-000000000003', 1, 'dogschool:Dog.Registered', convert_to('{"name": ', 'UTF8'));
 SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000003');

@@ -49,6 +49,7 @@
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
+#include "utils/jsonfuncs.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
@@ -73,16 +74,21 @@ typedef enum EsNodeKind
 	ES_ARRAY
 } EsNodeKind;
 
+/*
+ * 64 bytes, so a node is one 64-byte chunk: replaying a long list makes a node
+ * per element.  Arrays hold max(4, the power of two at or above n) items.
+ */
 typedef struct EsNode
 {
 	EsNodeKind	kind;
-	JsonbValue	value;			/* ES_VALUE */
 	int			n;				/* ES_OBJECT, ES_ARRAY: items used */
-	int			cap;
+	JsonbValue	value;			/* ES_VALUE */
 	char	  **keys;			/* ES_OBJECT */
 	int		   *keylens;
 	struct EsNode **items;
 } EsNode;
+
+StaticAssertDecl(SIZEOF_VOID_P != 8 || sizeof(EsNode) == 64, "EsNode is one 64-byte chunk");
 
 static EsNode *
 EsNodeValue(const JsonbValue *v)
@@ -106,17 +112,19 @@ EsNodeContainer(EsNodeKind kind)
 static void
 EsNodeGrow(EsNode *n)
 {
-	if (n->n < n->cap)
-		return;
-	n->cap = Max(4, n->cap * 2);
-	n->items = n->items ? repalloc(n->items, sizeof(EsNode *) * n->cap)
-		: palloc(sizeof(EsNode *) * n->cap);
+	int			cap;
+
+	if (n->items != NULL && (n->n < 4 || (n->n & (n->n - 1)) != 0))
+		return;					/* room for one more */
+	cap = n->items == NULL ? 4 : n->n * 2;
+	n->items = n->items ? repalloc(n->items, sizeof(EsNode *) * cap)
+		: palloc(sizeof(EsNode *) * cap);
 	if (n->kind == ES_OBJECT)
 	{
-		n->keys = n->keys ? repalloc(n->keys, sizeof(char *) * n->cap)
-			: palloc(sizeof(char *) * n->cap);
-		n->keylens = n->keylens ? repalloc(n->keylens, sizeof(int) * n->cap)
-			: palloc(sizeof(int) * n->cap);
+		n->keys = n->keys ? repalloc(n->keys, sizeof(char *) * cap)
+			: palloc(sizeof(char *) * cap);
+		n->keylens = n->keylens ? repalloc(n->keylens, sizeof(int) * cap)
+			: palloc(sizeof(int) * cap);
 	}
 }
 
@@ -146,7 +154,7 @@ EsNodeExpand(EsNode *n)
 	is_object = JsonContainerIsObject(n->value.val.binary.data);
 	it = JsonbIteratorInit(n->value.val.binary.data);
 	n->kind = is_object ? ES_OBJECT : ES_ARRAY;
-	n->n = n->cap = 0;
+	n->n = 0;
 	n->items = NULL;
 	n->keys = NULL;
 	n->keylens = NULL;
@@ -321,6 +329,9 @@ typedef struct EsFold
 	char		topic[ES_MAX_TOPIC_BYTES + 1];	/* hash key */
 	int			nops;
 	EsFoldOp   *ops;
+	bool		whole_event;	/* some op takes all of the event */
+	int			from_depth;		/* the deepest "from" path */
+	struct EsSourceScan *scan;	/* made on first use */
 } EsFold;
 
 static void
@@ -417,6 +428,9 @@ EsCompileFold(const char *topic, Jsonb *ops, EsFold *fold)
 				 errmsg("invalid fold for topic \"%s\": operations must be a JSON array", topic)));
 	fold->nops = JB_ROOT_COUNT(ops);
 	fold->ops = palloc0(sizeof(EsFoldOp) * Max(fold->nops, 1));
+	fold->whole_event = false;
+	fold->from_depth = 0;
+	fold->scan = NULL;
 	it = JsonbIteratorInit(&ops->root);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
@@ -487,6 +501,10 @@ EsCompileFold(const char *topic, Jsonb *ops, EsFold *fold)
 					EsBadFold(topic, i, psprintf("(%s) needs a \"from\" or a \"value\"", es_op_names[k]));
 				break;
 		}
+		if (op->has_from && op->from.n == 0)
+			fold->whole_event = true;
+		if (op->has_from)
+			fold->from_depth = Max(fold->from_depth, op->from.n);
 		i++;
 	}
 	fold->nops = i;
@@ -534,6 +552,221 @@ EsOpSource(const EsFoldOp *op, Jsonb *event, JsonbValue *out)
 	return false;
 }
 
+/*
+ * Reading only what a fold needs.
+ *
+ * Most folds read a field or two of each event.  Building the whole event as
+ * jsonb (jsonb_in) to read them was a third of es_state's time, so when no
+ * operation takes the whole event, the event is run through PostgreSQL's JSON
+ * parser with semantic actions that only note where each wanted value begins
+ * and ends (as jsonfuncs.c does for json_extract_path); just those values are
+ * then made into JsonbValues.  The parser still checks the whole text is JSON.
+ * Later duplicates of a key win, as in jsonb: a key seen again clears what was
+ * found under its earlier occurrence.
+ */
+typedef struct EsSourceScan
+{
+	JsonLexContext *lex;		/* one for all of a replay's events */
+	const EsFold *fold;
+	int			depth;			/* nesting level of the fields being read */
+	char	  **keys;			/* keys[d]: the field being read at level d (1..from_depth); NULL in arrays */
+	int		   *keylens;
+	char	  **start;			/* per op: where its value begins, NULL if not found */
+	char	  **end;
+	JsonbValue *values;			/* per op: the value found */
+	bool	   *found;
+} EsSourceScan;
+
+/* Whether the keys being read at levels 1..d are op's "from" path's first d keys. */
+static bool
+EsSourcePrefixMatches(const EsSourceScan *s, const EsFoldOp *op, int d)
+{
+	for (int l = 1; l <= d; l++)
+		if (s->keys[l] == NULL || s->keylens[l] != op->from.lens[l - 1] ||
+			memcmp(s->keys[l], op->from.keys[l - 1], s->keylens[l]) != 0)
+			return false;
+	return true;
+}
+
+static void
+EsSourceObjectStart(void *state)
+{
+	((EsSourceScan *) state)->depth++;
+}
+
+static void
+EsSourceArrayStart(void *state)
+{
+	EsSourceScan *s = (EsSourceScan *) state;
+
+	s->depth++;
+	if (s->depth <= s->fold->from_depth)
+		s->keys[s->depth] = NULL;
+}
+
+static void
+EsSourceEnd(void *state)
+{
+	((EsSourceScan *) state)->depth--;
+}
+
+static void
+EsSourceFieldStart(void *state, char *fname, bool isnull)
+{
+	EsSourceScan *s = (EsSourceScan *) state;
+	int			d = s->depth;
+
+	if (d > s->fold->from_depth)
+		return;
+	s->keys[d] = fname;
+	s->keylens[d] = strlen(fname);
+	for (int i = 0; i < s->fold->nops; i++)
+	{
+		const EsFoldOp *op = &s->fold->ops[i];
+
+		if (!op->has_from || op->from.n < d || !EsSourcePrefixMatches(s, op, d))
+			continue;
+		s->start[i] = op->from.n == d ? s->lex->token_start : NULL;
+		s->end[i] = NULL;
+	}
+}
+
+static void
+EsSourceFieldEnd(void *state, char *fname, bool isnull)
+{
+	EsSourceScan *s = (EsSourceScan *) state;
+	int			d = s->depth;
+
+	if (d > s->fold->from_depth)
+		return;
+	for (int i = 0; i < s->fold->nops; i++)
+		if (s->start[i] != NULL && s->end[i] == NULL && s->fold->ops[i].from.n == d)
+			s->end[i] = s->lex->prev_token_terminator;
+	s->keys[d] = NULL;
+}
+
+/*
+ * The JSON text `json` (len bytes, a value the parser accepted) as a
+ * JsonbValue allocated in cxt.
+ */
+static void
+EsSourceValue(char *json, int len, MemoryContext cxt, JsonbValue *out)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	/* A string without escapes is its bytes; one with escapes goes to jsonb_in. */
+	if (json[0] == '"' && memchr(json, '\\', len) == NULL)
+	{
+		if (len - 2 > JENTRY_OFFLENMASK)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("string too long to represent as jsonb string")));
+		out->type = jbvString;
+		out->val.string.len = len - 2;
+		out->val.string.val = pnstrdup(json + 1, len - 2);
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	switch (json[0])
+	{
+		case '"':
+		case '{':
+		case '[':
+			{
+				Jsonb	   *jb;
+
+				/* parsed in the caller's context; only the result is kept */
+				MemoryContextSwitchTo(old);
+				jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(json, len))));
+				MemoryContextSwitchTo(cxt);
+				jb = DatumGetJsonbPCopy(JsonbPGetDatum(jb));
+
+				if (JB_ROOT_IS_SCALAR(jb))
+					(void) JsonbExtractScalar(&jb->root, out);
+				else
+				{
+					out->type = jbvBinary;
+					out->val.binary.data = &jb->root;
+					out->val.binary.len = VARSIZE(jb) - VARHDRSZ;
+				}
+				break;
+			}
+		case 't':
+		case 'f':
+			out->type = jbvBool;
+			out->val.boolean = json[0] == 't';
+			break;
+		case 'n':
+			out->type = jbvNull;
+			break;
+		default:
+			out->type = jbvNumeric;
+			out->val.numeric = DatumGetNumeric(DirectFunctionCall3(numeric_in,
+																   CStringGetDatum(pnstrdup(json, len)),
+																   ObjectIdGetDatum(InvalidOid),
+																   Int32GetDatum(-1)));
+			break;
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Parses the event text (len bytes, checked to be text) for the values the
+ * fold's operations take: scan->found[i] and scan->values[i] (allocated in
+ * cxt, which the scan itself lives in too) for op i.  Reports JSON errors as
+ * jsonb_in does.
+ */
+static EsSourceScan *
+EsScanSources(EsFold *fold, char *json, int len, MemoryContext cxt)
+{
+	EsSourceScan *s = fold->scan;
+	JsonSemAction sem;
+	int			nops = Max(fold->nops, 1);
+
+	if (s == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		s = fold->scan = palloc0(sizeof(EsSourceScan));
+		s->fold = fold;
+		s->lex = makeJsonLexContextCstringLen(json, len, GetDatabaseEncoding(), true);
+		s->keys = palloc0(sizeof(char *) * (fold->from_depth + 1));
+		s->keylens = palloc0(sizeof(int) * (fold->from_depth + 1));
+		s->start = palloc(sizeof(char *) * nops);
+		s->end = palloc(sizeof(char *) * nops);
+		s->values = palloc(sizeof(JsonbValue) * nops);
+		s->found = palloc(sizeof(bool) * nops);
+		MemoryContextSwitchTo(old);
+	}
+	else
+	{
+		/* What makeJsonLexContextCstringLen sets, without a new context per event. */
+		s->lex->input = s->lex->token_terminator = s->lex->line_start = json;
+		s->lex->input_length = len;
+		s->lex->line_number = 1;
+		s->lex->lex_level = 0;
+	}
+	s->depth = 0;
+	memset(s->start, 0, sizeof(char *) * nops);
+	memset(s->end, 0, sizeof(char *) * nops);
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = s;
+	sem.object_start = EsSourceObjectStart;
+	sem.object_end = EsSourceEnd;
+	sem.array_start = EsSourceArrayStart;
+	sem.array_end = EsSourceEnd;
+	sem.object_field_start = EsSourceFieldStart;
+	sem.object_field_end = EsSourceFieldEnd;
+	pg_parse_json_or_ereport(s->lex, &sem);
+	for (int i = 0; i < fold->nops; i++)
+	{
+		s->found[i] = s->start[i] != NULL && s->end[i] != NULL;
+		if (s->found[i])
+			EsSourceValue(s->start[i], (int) (s->end[i] - s->start[i]), cxt, &s->values[i]);
+	}
+	return s;
+}
+
 /* The object that holds the last key of `path`, made if missing. */
 static EsNode *
 EsParentOf(EsNode *root, const EsPath *path)
@@ -545,7 +778,7 @@ EsParentOf(EsNode *root, const EsPath *path)
 	{
 		/* The state is not an object: start one. */
 		n->kind = ES_OBJECT;
-		n->n = n->cap = 0;
+		n->n = 0;
 		n->items = NULL;
 		n->keys = NULL;
 		n->keylens = NULL;
@@ -595,7 +828,7 @@ EsScalarEquals(const JsonbValue *a, const JsonbValue *b)
 
 /* Applies one operation; errors name the operation (the caller adds the event). */
 static EsNode *
-EsApplyOp(EsNode *root, const EsFoldOp *op, Jsonb *event, int index)
+EsApplyOp(EsNode *root, const EsFoldOp *op, const JsonbValue *source, int index)
 {
 	JsonbValue	src;
 	EsNode	   *parent;
@@ -609,8 +842,9 @@ EsApplyOp(EsNode *root, const EsFoldOp *op, Jsonb *event, int index)
 		EsObjectDelete(parent, op->path.keys[op->path.n - 1], op->path.lens[op->path.n - 1]);
 		return root;
 	}
-	if (!EsOpSource(op, event, &src))
+	if (source == NULL)
 		return root;			/* a missing source field: nothing to do */
+	src = *source;
 	if (op->kind == ES_OP_INIT)
 		return EsNodeValue(&src);
 
@@ -878,9 +1112,14 @@ EsReplayErrorCallback(void *arg)
 			   c->version, c->topic, id, c->r->appname);
 }
 
-/* Parses an event's state bytes as JSON, naming the event when they are not. */
+/*
+ * Parses an event's state bytes as JSON, naming the event when they are not:
+ * all of it as jsonb, or (given a fold that reads fields only) just the values
+ * the fold's operations take, into fold->scan (allocated in r->cxt).
+ */
 static Jsonb *
-EsParseState(EsReplay *r, bytea *state, const char *topic, int64 version)
+EsParseState(EsReplay *r, bytea *state, const char *topic, int64 version,
+			 EsFold *fold)
 {
 	char	   *text;
 	Jsonb	   *result = NULL;
@@ -894,11 +1133,15 @@ EsParseState(EsReplay *r, bytea *state, const char *topic, int64 version)
 						version, topic, EsUuidOut(&r->originator_id), r->appname,
 						GetDatabaseEncodingName()),
 				 errhint("Replay reads states as JSON text; bytes that are not text cannot be folded.")));
-	text = pnstrdup(VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state));
-
 	PG_TRY();
 	{
-		result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+		if (fold != NULL)
+			(void) EsScanSources(fold, VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state), r->cxt);
+		else
+		{
+			text = pnstrdup(VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state));
+			result = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+		}
 	}
 	PG_CATCH();
 	{
@@ -956,12 +1199,34 @@ EsReplayEvent(EsReplay *r, const pg_uuid_t *originator_id, int64 version,
 	callback.arg = &ectx;
 	callback.previous = error_context_stack;
 
-	event = EsParseState(r, state, topic_str, version);
+	if (!OidIsValid(r->call_fold_fn) && strlen(topic_str) <= ES_MAX_TOPIC_BYTES)
+		fold = hash_search(r->folds, topic_str, HASH_FIND, NULL);
+	if (fold != NULL && !fold->whole_event)
+	{
+		/* Only the fields the operations read are parsed. */
+		EsSourceScan *scan;
+
+		(void) EsParseState(r, state, topic_str, version, fold);
+		scan = fold->scan;
+		error_context_stack = &callback;
+		old = MemoryContextSwitchTo(r->cxt);
+		for (int i = 0; i < fold->nops; i++)
+		{
+			const EsFoldOp *op = &fold->ops[i];
+
+			CHECK_FOR_INTERRUPTS();
+			r->root = EsApplyOp(r->root, op,
+								op->has_value ? &op->value : (scan->found[i] ? &scan->values[i] : NULL), i);
+		}
+		MemoryContextSwitchTo(old);
+		error_context_stack = callback.previous;
+		return;
+	}
+
+	event = EsParseState(r, state, topic_str, version, NULL);
 	error_context_stack = &callback;
 
 	old = MemoryContextSwitchTo(r->cxt);
-	if (!OidIsValid(r->call_fold_fn) && strlen(topic_str) <= ES_MAX_TOPIC_BYTES)
-		fold = hash_search(r->folds, topic_str, HASH_FIND, NULL);
 	if (OidIsValid(r->call_fold_fn) || (fold == NULL && OidIsValid(r->app_fold_fn)))
 	{
 		FmgrInfo   *fn = OidIsValid(r->call_fold_fn) ? &r->call_fold : &r->app_fold;
@@ -984,23 +1249,21 @@ EsReplayEvent(EsReplay *r, const pg_uuid_t *originator_id, int64 version,
 					 errhint("A fold function returns the new state; return the state unchanged to ignore an event.")));
 		r->root = EsDocumentFromJsonb(DatumGetJsonbPCopy(result));
 	}
-	else if (fold != NULL)
-	{
-		Jsonb	   *ev = DatumGetJsonbPCopy(JsonbPGetDatum(event));
-
-		for (int i = 0; i < fold->nops; i++)
-		{
-			CHECK_FOR_INTERRUPTS();
-			r->root = EsApplyOp(r->root, &fold->ops[i], ev, i);
-		}
-	}
 	else
 	{
-		/* The default: a shallow merge of the event's fields. */
+		/* A fold that takes the whole event, or the default: a shallow merge of its fields. */
 		static const EsFoldOp merge_all = {ES_OP_MERGE, {0, NULL, NULL}, true, {0, NULL, NULL}, false};
 		Jsonb	   *ev = DatumGetJsonbPCopy(JsonbPGetDatum(event));
+		const EsFoldOp *ops = fold != NULL ? fold->ops : &merge_all;
+		int			nops = fold != NULL ? fold->nops : 1;
 
-		r->root = EsApplyOp(r->root, &merge_all, ev, 0);
+		for (int i = 0; i < nops; i++)
+		{
+			JsonbValue	src;
+
+			CHECK_FOR_INTERRUPTS();
+			r->root = EsApplyOp(r->root, &ops[i], EsOpSource(&ops[i], ev, &src) ? &src : NULL, i);
+		}
 	}
 	MemoryContextSwitchTo(old);
 	error_context_stack = callback.previous;
@@ -1344,6 +1607,8 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 	ScanKeyData keys[4];
 	int			nkeys = 2;
 	TupleTableSlot *slot;
+	bytea	   *hash_buf = NULL;
+	Size		hash_cap = 0;
 	EsSpi		spi;
 
 	/* the application's settings, then the snapshot to start from */
@@ -1460,8 +1725,20 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 				EsReplayEvent(r, originator_id, version,
 							  DatumGetTextPP(slot->tts_values[Anum_es_topic - 1]), state);
 		}
-		MemoryContextSwitchTo(cxt);
-		res.hash = DatumGetByteaPCopy(slot->tts_values[Anum_es_event_hash - 1]);
+		{
+			/* The last event's hash, in one buffer rather than a copy per event. */
+			bytea	   *h = DatumGetByteaPP(slot->tts_values[Anum_es_event_hash - 1]);
+			Size		hlen = VARSIZE_ANY_EXHDR(h);
+
+			if (hash_buf == NULL || hlen > hash_cap)
+			{
+				hash_buf = MemoryContextAlloc(cxt, VARHDRSZ + hlen);
+				hash_cap = hlen;
+			}
+			SET_VARSIZE(hash_buf, VARHDRSZ + hlen);
+			memcpy(VARDATA(hash_buf), VARDATA_ANY(h), hlen);
+			res.hash = hash_buf;
+		}
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(tmpcxt);
 		res.folded++;
