@@ -513,14 +513,13 @@ EsGapResolverEnd(EsGapResolver *r)
 }
 
 /*
- * The missing ids [from, to) of the reader's snapshot: returns the first of
- * them that may still become visible (the reader must stop before it), or
- * `to` when all are permanent gaps.
+ * Rule (a) alone: the ids from `from` on below the returned limit (at most
+ * `to`) are no longer being inserted by anyone; those at or above it may be.
+ * Tagged-event readers (dcb.c) apply rule (b) to their own index.
  */
 int64
-EsGapPermanentUpTo(EsGapResolver *r, int64 from, int64 to)
+EsGapPendingLimit(EsGapResolver *r, int64 from, int64 to)
 {
-	ScanKeyData keys[3];
 	int64		limit = to;
 
 	if (from >= to)
@@ -558,6 +557,23 @@ EsGapPermanentUpTo(EsGapResolver *r, int64 from, int64 to)
 				limit = Max((int64) lowest, from);
 		}
 	}
+	return limit;
+}
+
+/*
+ * The missing ids [from, to) of the reader's snapshot: returns the first of
+ * them that may still become visible (the reader must stop before it), or
+ * `to` when all are permanent gaps.
+ */
+int64
+EsGapPermanentUpTo(EsGapResolver *r, int64 from, int64 to)
+{
+	ScanKeyData keys[3];
+	int64		limit;
+
+	if (from >= to)
+		return to;
+	limit = EsGapPendingLimit(r, from, to);
 	if (limit <= from)
 		return from;
 
