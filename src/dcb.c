@@ -73,15 +73,22 @@
  * merged in position order (one B-tree scan per key, no sort), and must
  * stop, as es_select does, before the first position that could still
  * become visible.  Only matching events matter, and ordering.c's two rules
- * apply to them: (a) no position at or above the lowest id still held in a
- * writer's slot (EsGapPendingLimit); (b) the index rows are read with
- * SnapshotAny, and a row whose transaction is in progress for the reader's
- * snapshot stops the walk.  Writers insert the index rows while their slot
- * still covers the ids (EsInsertEvents' `also`), so ordering.c's argument
- * carries over: a matching position g below a returned h was handed out
- * before h, and when the reader reads the slots g is either still in one
- * (a) or its index rows are in (b) or its writer failed.  The empty query
- * reads the log itself (EsLogScan) and skips aggregate events.
+ * apply to them.  (a) A writer holds its slot only while it inserts, so
+ * instead of stopping below the ids still in a slot, the reader waits those
+ * writers out (EsGapSettle, microseconds), after taking its snapshot and
+ * before reading the index; ids handed out later are not visible in its
+ * snapshot.  (b) The index rows are read with SnapshotAny, and a row whose
+ * transaction is in progress for the reader's snapshot stops the walk; rows
+ * of aborted transactions are skipped.  Writers insert the index rows while
+ * their slot still covers the ids (EsInsertEvents' `also`), so ordering.c's
+ * argument carries over: a matching position g below a returned h was handed
+ * out before h committed, hence before the snapshot; after the wait its
+ * index rows are in (b) or its writer failed.  So a read stops only at a
+ * matching event that is really still open: an open event holds back the
+ * readers of its own tags and types and no one else, and a writer always
+ * reads its own committed events.  The empty query walks the log's primary
+ * key with the same two rules and skips aggregate events.  On a standby (no
+ * slots) rule (a) is the primary's watermark, as for es_select.
  *
  * es_dcb_head is the last position such a read would return: what a writer
  * passes as "after".
@@ -665,16 +672,29 @@ EsDcbSlotMatch(const EsDcbQuery *q, TupleTableSlot *slot)
  * ------------------------------------------------------------------------
  */
 
-/* One B-tree range scan of es_dcb_index: (application, kind, value, id > after). */
+/*
+ * One B-tree range scan in position order: of es_dcb_index (application,
+ * kind, value, position > after), or of the log's primary key (application,
+ * position > after) for the empty query.
+ */
 typedef struct EsDcbWalk
 {
 	IndexScanDesc scan;
 	TupleTableSlot *slot;
 	ScanKeyData keys[4];
+	AttrNumber	position_attno;
 	bool		done;
 	int64		id;				/* the current row's position */
 	bool		pending;		/* its transaction is in progress for the snapshot */
 } EsDcbWalk;
+
+static void
+EsDcbWalkStart(EsDcbWalk *w, Relation heap, Relation idx, Snapshot snapshot, int nkeys)
+{
+	w->scan = index_beginscan(heap, idx, snapshot, nkeys, 0);
+	index_rescan(w->scan, w->keys, nkeys, NULL, 0);
+	w->slot = table_slot_create(heap, NULL);
+}
 
 static void
 EsDcbWalkBegin(EsDcbWalk *w, Relation index_rel, Relation idx, Snapshot snapshot,
@@ -688,9 +708,19 @@ EsDcbWalkBegin(EsDcbWalk *w, Relation index_rel, Relation idx, Snapshot snapshot
 						   C_COLLATION_OID, F_TEXTEQ, PointerGetDatum(value));
 	ScanKeyInit(&w->keys[3], Anum_dcb_notification_id, BTGreaterStrategyNumber, F_INT8GT,
 				Int64GetDatum(after));
-	w->scan = index_beginscan(index_rel, idx, snapshot, 4, 0);
-	index_rescan(w->scan, w->keys, 4, NULL, 0);
-	w->slot = table_slot_create(index_rel, NULL);
+	w->position_attno = Anum_dcb_notification_id;
+	EsDcbWalkStart(w, index_rel, idx, snapshot, 4);
+}
+
+static void
+EsDcbWalkBeginLog(EsDcbWalk *w, Relation events, Relation pkey, Snapshot snapshot,
+				  int32 app_id, int64 after)
+{
+	memset(w, 0, sizeof(*w));
+	ScanKeyInit(&w->keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	ScanKeyInit(&w->keys[1], 2, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
+	w->position_attno = Anum_es_notification_id;
+	EsDcbWalkStart(w, events, pkey, snapshot, 2);
 }
 
 /*
@@ -711,7 +741,7 @@ EsDcbWalkNext(EsDcbWalk *w, Snapshot snapshot)
 			w->done = true;
 			break;
 		}
-		w->id = DatumGetInt64(slot_getattr(w->slot, Anum_dcb_notification_id, &isnull));
+		w->id = DatumGetInt64(slot_getattr(w->slot, w->position_attno, &isnull));
 		w->pending = false;
 		if (snapshot != NULL)
 		{
@@ -1219,21 +1249,36 @@ EsDcbEmit(EsDcbSink *sink, const EsApp *app, TupleTableSlot *ev, int64 id)
 	return sink->count < sink->max_count;
 }
 
-/* The empty query: the log itself (EsLogScan), tagged events only. */
+/*
+ * The empty query: the log's own primary key, with the same two rules, tagged
+ * events only.
+ */
 static void
 EsDcbReadAll(const EsApp *app, int64 after, EsDcbSink *sink)
 {
-	EsLogScan	scan;
-	TupleTableSlot *ev;
-	int64		id;
+	Snapshot	snapshot;
+	EsDcbScan	s;
+	EsGapResolver resolver;
+	EsDcbWalk	w;
+	int64		limit;
 
 	if (after == PG_INT64_MAX)
 		return;
-	EsLogScanBegin(&scan, &app->rels, app->id, after + 1, PG_INT64_MAX, false);
-	while ((ev = EsLogScanNext(&scan, &id)) != NULL)
-		if (!ev->tts_isnull[Anum_es_tags - 1] && !EsDcbEmit(sink, app, ev, id))
+	snapshot = RegisterSnapshot(GetActiveSnapshot());
+	EsDcbScanBegin(&s, app, snapshot);
+	EsGapResolverInit(&resolver, &app->rels, s.events, s.events_pkey, app->id, snapshot);
+	limit = EsGapSettle(&resolver, after + 1);
+	EsGapResolverEnd(&resolver);
+	EsDcbWalkBeginLog(&w, s.events, s.events_pkey, SnapshotAny, app->id, after);
+	while (EsDcbWalkNext(&w, snapshot) && !w.pending && w.id < limit)
+	{
+		slot_getallattrs(w.slot);
+		if (!w.slot->tts_isnull[Anum_es_tags - 1] && !EsDcbEmit(sink, app, w.slot, w.id))
 			break;
-	EsLogScanEnd(&scan);
+	}
+	EsDcbWalkEnd(&w);
+	EsDcbScanEnd(&s);
+	UnregisterSnapshot(snapshot);
 }
 
 /* A query's walks merged in position order, stopping as the essay says. */
@@ -1249,9 +1294,9 @@ EsDcbReadQuery(const EsApp *app, const EsDcbQuery *q, int64 after, EsDcbSink *si
 		return;
 	snapshot = RegisterSnapshot(GetActiveSnapshot());
 	EsDcbScanBegin(&s, app, snapshot);
-	/* Rule (a), read after the snapshot was taken. */
+	/* Rule (a): wait out the writers still inserting ids handed out before now. */
 	EsGapResolverInit(&resolver, &app->rels, s.events, s.events_pkey, app->id, snapshot);
-	limit = EsGapPendingLimit(&resolver, after + 1, PG_INT64_MAX);
+	limit = EsGapSettle(&resolver, after + 1);
 	EsGapResolverEnd(&resolver);
 	/* Rule (b), on each walk's rows. */
 	EsDcbScanWalks(&s, q, after, SnapshotAny);

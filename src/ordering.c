@@ -561,6 +561,45 @@ EsGapPendingLimit(EsGapResolver *r, int64 from, int64 to)
 }
 
 /*
+ * For readers that find ids through another index (dcb.c), instead of
+ * stopping at rule (a): waits until every id handed out so far has its
+ * tuples inserted or never will (a writer holds its slot only while it
+ * inserts), and returns the limit below which that holds.  On a primary that
+ * is PG_INT64_MAX: an id handed out later was handed out after the caller's
+ * snapshot (taken before this call), so it is not visible in it, and every
+ * visible id lies below.  On a standby, rule (a)'s watermark limit, at once
+ * (only replay moves it).  Call after taking the snapshot and before reading
+ * the other index, so that rule (b) there sees what the slots covered.
+ */
+int64
+EsGapSettle(EsGapResolver *r, int64 from)
+{
+	int64		next;
+	long		delay_us = 10;
+
+	if (RecoveryInProgress() || !EsSharedMemoryReady())
+		return EsGapPendingLimit(r, from, PG_INT64_MAX);
+	if (!r->counter_known)
+	{
+		EsCounterKey key;
+
+		EsMakeKey(&key, r->rels, r->app_id);
+		r->counter = EsFindCounter(&key);
+		r->counter_known = true;
+	}
+	if (r->counter == NULL)
+		return PG_INT64_MAX;	/* no id handed out since the server started */
+	next = EsCounterNext(r->counter);
+	while (EsGapPendingLimit(r, from, next) < next)
+	{
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(delay_us);
+		delay_us = Min(delay_us * 2, 1000);
+	}
+	return PG_INT64_MAX;
+}
+
+/*
  * The missing ids [from, to) of the reader's snapshot: returns the first of
  * them that may still become visible (the reader must stop before it), or
  * `to` when all are permanent gaps.
