@@ -29,6 +29,11 @@ SELECT es_append('dcb', '00000000-0000-0000-0000-00000000000a', 1, 'Aggregate', 
 SELECT es_dcb_append('dcb', '[{"type": "After", "data": 1, "tags": ["a"]}]');
 SELECT id, topic, originator_version FROM es_select('dcb', 1, 100);
 SELECT count(*) AS tagged_events FROM es_dcb_read('dcb');
+-- push and consumer groups as for every event: es_wait sees the new position;
+-- three group members together read every tagged event once
+SELECT es_wait('dcb', 7, 1000) AS readable_after_7;
+SELECT count(*) AS rows, count(DISTINCT id) AS distinct_ids
+FROM generate_series(0, 2) AS m, es_select('dcb', 1, 100, group_member => m, group_size => 3);
 
 -- 2. Queries: items ORed; in an item, any of its types and all of its tags.
 SELECT array_agg(position) AS tag_a FROM es_dcb_read('dcb', '[{"tags": ["a"]}]');
