@@ -20,6 +20,11 @@
 #            e:<client>:<1..1000> (the condition's item, so the check is a
 #            real B-tree range scan after a position that was just read) and
 #            c:<client>.  Never fails;
+#   cond_own the writer that knows its position: the condition's item is
+#            the client's own tag c:<client> (every event of the client
+#            carries it) and "after" is the position its previous append
+#            returned (kept in a session setting), so no read precedes the
+#            append; one statement, like es.  Never fails;
 #   cond_fn  the same read and append in one server call (bench_decide, a
 #            PL/pgSQL function: the head, then the append in a block that
 #            catches 23505, re-reads and retries), so that overlap below can
@@ -66,7 +71,7 @@ CLIENTS=${BENCH_CLIENTS:-"1 8 32"}
 SHARED_PERCENT=${DCB_SHARED_PERCENT:-10}
 FLAT_SIZES=${DCB_FLAT_SIZES:-"10000 1000000"}
 FLAT_PROBES=${DCB_FLAT_PROBES:-1000}
-VARIANTS="es dcb cond cond_fn overlap lock"
+VARIANTS="es dcb cond cond_own cond_fn overlap lock"
 
 bench_cluster <<CONF
 max_connections = 120
@@ -140,6 +145,11 @@ cat >"$WORK/cond.sql" <<'SQL'
 \set k random(1, 1000)
 SELECT es_dcb_head('bench', bench_query(bench_entity(:client_id, :k))) AS after \gset
 SELECT es_dcb_append('bench', bench_events(:client_id, :k, false), bench_condition(bench_entity(:client_id, :k), :after));
+SQL
+cat >"$WORK/cond_own.sql" <<'SQL'
+\set k random(1, 1000)
+SELECT set_config('bench.own', es_dcb_append('bench', bench_events(:client_id, :k, false),
+    bench_condition('c:' || :client_id, coalesce(nullif(current_setting('bench.own', true), ''), '0')::bigint))::text, false);
 SQL
 cat >"$WORK/cond_fn.sql" <<'SQL'
 \set k random(1, 1000)
@@ -267,12 +277,12 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
     echo
     echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), eventsourcing $( [ "${BENCH_INSTALL:-1}" = 0 ] && echo "as installed (not rebuilt; checkout at $(git -C "$ROOT" rev-parse --short HEAD))" || git -C "$ROOT" rev-parse --short HEAD); shared_buffers 512MB, synchronous_commit on, fsync on; pgbench -M prepared, ${SECONDS_PER_RUN}s per run, mean of $ROUNDS interleaved rounds, tables emptied before each run, all in one run ($(date -u +%Y-%m-%d)). One event a call, ~256 bytes of JSON data, two tags; disjoint tags are per client (entity e:<client>:<1..1000> and c:<client>); overlap puts ${SHARED_PERCENT}% of the appends on one shared tag. The machine is shared with other work: compare within a row."
     echo
-    echo "| clients | es_append tps | dcb unconditional | dcb conditional (read + append) | conditional, one call (PL/pgSQL) | ${SHARED_PERCENT}% overlapping, one call | LOCK TABLE (library) | conditional / es_append | conditional / LOCK TABLE | overlap: shared appends, conflicts (23505, retried) |"
-    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    echo "| clients | es_append tps | dcb unconditional | dcb conditional (read + append) | conditional, own last position (no read) |  conditional, one call (PL/pgSQL) | ${SHARED_PERCENT}% overlapping, one call | LOCK TABLE (library) | conditional / es_append | own position / es_append | conditional / LOCK TABLE | overlap: shared appends, conflicts (23505, retried) |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     for c in $CLIENTS; do
-        e=$(mean ${TPS[es,$c]}); d=$(mean ${TPS[dcb,$c]}); k=$(mean ${TPS[cond,$c]}); f=$(mean ${TPS[cond_fn,$c]})
+        e=$(mean ${TPS[es,$c]}); d=$(mean ${TPS[dcb,$c]}); k=$(mean ${TPS[cond,$c]}); f=$(mean ${TPS[cond_fn,$c]}); w=$(mean ${TPS[cond_own,$c]})
         o=$(mean ${TPS[overlap,$c]}); l=$(mean ${TPS[lock,$c]})
-        echo "| $c | $e | $d | $k | $f | $o | $l | $(ratio "$k" "$e") | $(ratio "$k" "$l") | ${SHARED[overlap,$c]} shared, ${CONFLICTS[overlap,$c]} conflicts |"
+        echo "| $c | $e | $d | $k | $w | $f | $o | $l | $(ratio "$k" "$e") | $(ratio "$w" "$e") | $(ratio "$k" "$l") | ${SHARED[overlap,$c]} shared, ${CONFLICTS[overlap,$c]} conflicts |"
     done
     echo
     echo "Mean latency (ms):"
