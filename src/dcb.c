@@ -654,17 +654,24 @@ EsDcbSlotTags(TupleTableSlot *slot, Datum **tags, int *ntags)
 		(*tags)[i] = PointerGetDatum(PG_DETOAST_DATUM_PACKED((*tags)[i]));
 }
 
+/* Matches in `cxt`, which it empties: long reads and checks use flat memory. */
 static int
-EsDcbSlotMatch(const EsDcbQuery *q, TupleTableSlot *slot)
+EsDcbSlotMatch(const EsDcbQuery *q, TupleTableSlot *slot, MemoryContext cxt)
 {
 	Datum	   *tags;
 	int			ntags;
+	int			item;
 	text	   *type = DatumGetTextPP(slot->tts_values[Anum_es_topic - 1]);
+	MemoryContext old;
 
 	if (slot->tts_isnull[Anum_es_tags - 1])
 		return -1;				/* an aggregate event */
+	old = MemoryContextSwitchTo(cxt);
 	EsDcbSlotTags(slot, &tags, &ntags);
-	return EsDcbMatch(q, type, tags, ntags);
+	item = EsDcbMatch(q, type, tags, ntags);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(cxt);
+	return item;
 }
 
 /* ------------------------------------------------------------------------
@@ -788,6 +795,7 @@ typedef struct EsDcbScan
 	Snapshot	snapshot;
 	IndexScanDesc fetch;
 	TupleTableSlot *event;
+	MemoryContext matchcxt;		/* EsDcbSlotMatch's */
 	int			nwalks;
 	EsDcbWalk  *walks;
 } EsDcbScan;
@@ -804,6 +812,7 @@ EsDcbScanBegin(EsDcbScan *s, const EsApp *app, Snapshot snapshot)
 	s->events_pkey = index_open(app->rels.events_pkey, AccessShareLock);
 	s->fetch = index_beginscan(s->events, s->events_pkey, snapshot, 2, 0);
 	s->event = table_slot_create(s->events, NULL);
+	s->matchcxt = AllocSetContextCreate(CurrentMemoryContext, "es_dcb match", ALLOCSET_SMALL_SIZES);
 }
 
 /* The walks that together find every event matching q (q is not "all"). */
@@ -885,6 +894,7 @@ EsDcbScanEnd(EsDcbScan *s)
 		EsDcbWalkEnd(&s->walks[j]);
 	index_endscan(s->fetch);
 	ExecDropSingleTupleTableSlot(s->event);
+	MemoryContextDelete(s->matchcxt);
 	index_close(s->events_pkey, AccessShareLock);
 	table_close(s->events, AccessShareLock);
 	index_close(s->index_idx, AccessShareLock);
@@ -1054,7 +1064,7 @@ EsDcbCheckCondition(const EsApp *app, const EsDcbQuery *cond, int64 after)
 					break;
 				}
 				ev = EsDcbFetch(&s, w->id);
-				if (ev != NULL && (item = EsDcbSlotMatch(cond, ev)) >= 0)
+				if (ev != NULL && (item = EsDcbSlotMatch(cond, ev, s.matchcxt)) >= 0)
 				{
 					found = w->id;
 					break;
@@ -1357,7 +1367,7 @@ EsDcbReadQuery(const EsApp *app, const EsDcbQuery *q, int64 after, EsDcbSink *si
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("es_dcb_index names position " INT64_FORMAT " of application \"%s\", which has no event",
 							id, app->cname)));
-		if ((proven || EsDcbSlotMatch(q, ev) >= 0) && !EsDcbEmit(sink, app, ev, id))
+		if ((proven || EsDcbSlotMatch(q, ev, s.matchcxt) >= 0) && !EsDcbEmit(sink, app, ev, id))
 			break;
 	}
 	EsDcbScanEnd(&s);
