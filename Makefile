@@ -1,10 +1,11 @@
 # eventsourcing: a PostgreSQL extension (PGXS build), plus the project's
 # two commands (`make demo`, `make test`) which set everything up themselves.
 
-EXTENSION  = eventsourcing
+EXTENSION  = eventsourcing eventsourcing_proxy
 MODULE_big = eventsourcing
 OBJS       = src/eventsourcing.o src/catalog.o src/access.o src/ordering.o src/append.o src/read.o src/worker.o src/wakeup.o src/integrity.o src/follow.o src/replay.o src/codec.o src/keys.o src/dcb.o
-DATA       = sql/eventsourcing--0.1.0.sql sql/eventsourcing--0.2.0.sql sql/eventsourcing--0.1.0--0.2.0.sql
+DATA       = sql/eventsourcing--0.1.0.sql sql/eventsourcing--0.2.0.sql sql/eventsourcing--0.1.0--0.2.0.sql \
+             sql/eventsourcing_proxy--0.2.0.sql
 PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wmissing-prototypes
 SHLIB_LINK = -lz -lcrypto
 
@@ -12,7 +13,8 @@ SHLIB_LINK = -lz -lcrypto
 # (PGHOST, PGPORT, PGUSER) that preloads the library and has a master key
 # (eventsourcing.key_command) for the encryption tests.  The TAP tests make
 # their own clusters.  `make test` sets all of that up by itself.
-REGRESS        = $(sort $(patsubst sql/%.sql,%,$(filter-out sql/eventsourcing--%,$(wildcard sql/*.sql))))
+# (the install scripts, sql/eventsourcing--* and sql/eventsourcing_proxy--*, are no tests)
+REGRESS        = $(sort $(patsubst sql/%.sql,%,$(filter-out sql/eventsourcing--% sql/eventsourcing_proxy--%,$(wildcard sql/*.sql))))
 ISOLATION      = $(sort $(patsubst test/isolation/specs/%.spec,%,$(wildcard test/isolation/specs/*.spec)))
 ISOLATION_OPTS = --inputdir=test/isolation
 TAP_TESTS      = 1

@@ -9,7 +9,8 @@ PGXS_DIR="/usr/lib/postgresql/$PG_MAJOR/lib/pgxs"
 PG_USER=postgres
 PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-client-$PG_MAJOR
           build-essential zlib1g-dev libssl-dev libipc-run-perl python3-psycopg
-          python3-pycryptodome libpostgresql-jdbc-java)
+          python3-pycryptodome libpostgresql-jdbc-java
+          postgresql-$PG_MAJOR-plproxy)
 
 log() { printf '==> %s\n' "$*" >&2; }
 

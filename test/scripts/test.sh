@@ -49,7 +49,7 @@ run_regress() {
 
 # sql/*.sql against expected/*.out; test/isolation/specs/*.spec
 run_regress pg_regress "$PGXS_DIR/src/test/regress/pg_regress" "$ROOT" es_regress \
-    $(cd "$ROOT/sql" && ls *.sql | grep -v '^eventsourcing--' | sed 's/\.sql$//' | sort)
+    $(cd "$ROOT/sql" && ls *.sql | grep -v -e '^eventsourcing--' -e '^eventsourcing_proxy--' | sed 's/\.sql$//' | sort)
 run_regress isolation "$PGXS_DIR/src/test/isolation/pg_isolation_regress" "$ROOT/test/isolation" es_isolation \
     $(cd "$ROOT/test/isolation/specs" && ls *.spec | sed 's/\.spec$//' | sort)
 
