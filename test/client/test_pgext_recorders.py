@@ -469,4 +469,4 @@ else:
 
 
 if __name__ == "__main__":
-    unittest.main()
+    unittest.main(buffer=True)   # the library's tests print figures: keep "... ok" lines whole
