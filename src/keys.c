@@ -604,10 +604,10 @@ EsDataKey(const EsRelations *rels, int32 app_id, const pg_uuid_t *originator_id,
 		return entry->status;
 	}
 
-	/* A probe needs no master key: the row alone says whether it is forgotten. */
 	/*
-	 * An aggregate without events has no key: keys are recorded only with
-	 * the first encrypted event, in its transaction.
+	 * An aggregate new in this call has no key row yet: keys are recorded
+	 * only with the first encrypted event, in its transaction.  A probe needs
+	 * no master key: the row alone says whether it is forgotten.
 	 */
 	if (mode == ES_KEY_CREATE_NEW)
 	{
