@@ -222,7 +222,7 @@ class Datastore:
         )
         self._setup_lock = threading.Lock()
         self._extension_schema: Optional[str] = None
-        self._sql_cache: Dict[str, sql.Composed] = {}
+        self._sql_cache: Dict[str, str] = {}
 
     # -- connections --------------------------------------------------------
 
@@ -305,13 +305,16 @@ class Datastore:
             " WHERE e.extname = %s", (EXTENSION,)).fetchone()
         return row[0] if row else None
 
-    def sql(self, template: str) -> sql.Composed:
-        """The statement with {s} replaced by the extension's schema."""
-        composed = self._sql_cache.get(template)
-        if composed is None:
-            composed = sql.SQL(template).format(s=sql.Identifier(self.extension_schema))
-            self._sql_cache[template] = composed
-        return composed
+    def sql(self, template: str) -> str:
+        """The statement with {s} replaced by the extension's (quoted)
+        schema, as a plain string: psycopg caches the parsing of a string
+        query, where a sql.Composed would be rendered at every call."""
+        query = self._sql_cache.get(template)
+        if query is None:
+            schema = '"%s"' % self.extension_schema.replace('"', '""')
+            query = template.replace("{s}", schema)
+            self._sql_cache[template] = query
+        return query
 
     def install_extension(self) -> None:
         """CREATE EXTENSION eventsourcing if it is missing and this role may;
