@@ -4,7 +4,9 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PG_MAJOR=15
-PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
+# ES_PG_BIN: the bin directory of another (relocated) copy of PostgreSQL;
+# build_and_install then installs into that copy, and clusters run from it.
+PG_BIN="${ES_PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}"
 PGXS_DIR="/usr/lib/postgresql/$PG_MAJOR/lib/pgxs"
 PG_USER=postgres
 PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-client-$PG_MAJOR
@@ -34,7 +36,8 @@ ensure_packages() {
 
 build_and_install() {
     log "building and installing the extension"
-    make -C "$ROOT" -s PG_CONFIG="$PG_BIN/pg_config" all >/dev/null
+    # (built against the system's headers, which a relocated copy lacks)
+    make -C "$ROOT" -s PG_CONFIG="/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" all >/dev/null
     make -C "$ROOT" -s PG_CONFIG="$PG_BIN/pg_config" install >/dev/null
 }
 
@@ -56,6 +59,7 @@ cluster_port() {
         demo) echo 54329 ;;
         test) echo 54328 ;;
         bench) echo 54327 ;;
+        pybench) echo 54330 ;;
         client) echo 54325 ;;
         iso) echo 54324 ;;
         *) echo 54326 ;;
@@ -118,15 +122,16 @@ CONF
 }
 
 # For the benchmarks: builds and installs, starts the throwaway cluster
-# 'bench' with the postgresql.conf lines read from stdin, stops it when the
-# script exits; sets RESULTS and a scratch directory WORK.
+# NAME (default 'bench') with the postgresql.conf lines read from stdin, stops
+# it when the script exits; sets RESULTS and a scratch directory WORK.
 bench_cluster() {
+    local name=${1:-bench}
     ensure_packages
     build_and_install
-    cluster_start bench fresh
-    trap 'cluster_stop bench' EXIT
-    as_pg tee -a "$(cluster_dir bench)/data/postgresql.conf" >/dev/null
-    cluster_stop bench; cluster_start bench; cluster_env bench
+    cluster_start "$name" fresh
+    trap "cluster_stop $name" EXIT
+    as_pg tee -a "$(cluster_dir "$name")/data/postgresql.conf" >/dev/null
+    cluster_stop "$name"; cluster_start "$name"; cluster_env "$name"
     RESULTS="$ROOT/test/bench/results"
     mkdir -p "$RESULTS"
     WORK=$(mktemp -d); chmod 777 "$WORK"
