@@ -390,6 +390,44 @@ else:
             self.assertEqual(len(recorder.insert_events([event()], tracking=Tracking("up", 2))), 1)
             self.assertEqual(recorder.max_notification_id(), 2)
 
+        def test_prepared_statements_survive_deallocate_and_values_round_trip(self):
+            """The hot paths (one-event saves, an aggregate's events, the
+            log, positions) are prepared once per pooled connection and run
+            with binary results: values come back as given (non-ASCII text,
+            bytes with NULs, large versions and ids), and a session whose
+            prepared statements were dropped (DEALLOCATE ALL, DISCARD ALL
+            through datastore.connection()) prepares them again."""
+            recorder = self.factory(POSTGRES_POOL_SIZE="1", POSTGRES_POOL_MAX_OVERFLOW="0").process_recorder()
+            agg = uuid.uuid4()
+            topic = "pgext_dogschool:Dog.TrickAdded·é✓"
+            state = b'\x00\x01{"name": "F\xc3\xaddo"}\xff\x00'
+            recorder.insert_events([event(agg, 1, topic, state)])
+            with recorder.datastore.connection() as conn:
+                self.assertEqual(conn.execute(
+                    "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'es_pgext_%'").fetchone()[0], 1)
+                conn.execute("DEALLOCATE ALL")
+            recorder.insert_events([event(agg, 2, topic, b"")])
+            self.assertEqual(recorder.select_events(agg), [
+                StoredEvent(agg, 1, topic, state), StoredEvent(agg, 2, topic, b"")])
+            self.assertEqual(recorder.select_events(agg, gt=1), [StoredEvent(agg, 2, topic, b"")])
+            self.assertEqual(recorder.select_events(agg, desc=True, limit=1), [StoredEvent(agg, 2, topic, b"")])
+            self.assertEqual(recorder.select_events(agg, lte=1), [StoredEvent(agg, 1, topic, state)])
+            with recorder.datastore.connection() as conn:
+                conn.execute("DISCARD ALL")
+            notifications = recorder.select_notifications(1, 10)
+            self.assertEqual([(n.id, n.originator_id, n.originator_version, n.topic, n.state) for n in notifications],
+                             [(1, agg, 1, topic, state), (2, agg, 2, topic, b"")])
+            self.assertEqual(recorder.max_notification_id(), 2)
+            self.assertEqual(recorder.max_tracking_id("nobody"), 0)
+            # versions beyond 32 bits, and a tracking position beyond them
+            big = uuid.uuid4()
+            recorder.insert_events([event(big, 1)])
+            self.assertEqual(recorder.select_events(big, gt=2**40), [])
+            recorder.insert_events([event(big, 2)], tracking=Tracking("up", 2**40))
+            self.assertEqual(recorder.max_tracking_id("up"), 2**40)
+            self.assertTrue(recorder.has_tracking_id("up", 2**40 - 1))
+            self.assertFalse(recorder.has_tracking_id("up", 2**40 + 1))
+
         def test_pool_size_and_timeout(self):
             """POSTGRES_POOL_SIZE + POSTGRES_POOL_MAX_OVERFLOW connections at
             most; a caller waits POSTGRES_POOL_TIMEOUT for one, then gets an

@@ -21,6 +21,7 @@ from uuid import UUID
 
 import psycopg
 
+from eventsourcing_pgext.datastore import BOOL_OID, BYTEA_OID, INT4_OID, INT8_OID, TEXT_OID, UUID_OID, param
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -160,9 +161,11 @@ class PgextAggregateRecorder(ExtensionRecorder, AggregateRecorder):
         app = self.application
         if tracking is None and len(stored_events) == 1:
             e = stored_events[0]
-            q = ds.sql("SELECT {s}.es_append(%s, %s, %s, %s, %b)")
-            params: Sequence[Any] = (app, e.originator_id, e.originator_version, e.topic, e.state)
-            return ds.run(lambda c: [c.execute(q, params).fetchone()[0]])
+            stmt = ds.statement("SELECT {s}.es_append($1, $2, $3, $4, $5)",
+                                (TEXT_OID, UUID_OID, INT8_OID, TEXT_OID, BYTEA_OID), ("int",))
+            rows = ds.fetch(stmt, (param(app), param(e.originator_id), param(e.originator_version),
+                                   param(e.topic), param(e.state)))
+            return [rows[0][0]]
         if tracking is None and not stored_events:
             return []
         events = (
@@ -194,12 +197,12 @@ class PgextAggregateRecorder(ExtensionRecorder, AggregateRecorder):
     ) -> List[StoredEvent]:
         if limit is not None and limit <= 0:
             return []
-        q = self.datastore.sql(
-            "SELECT originator_version, topic, state FROM"
-            " {s}.es_events(%s, %s, %s::int8, %s::int8, %s, %s::int4)")
+        stmt = self.datastore.statement(
+            "SELECT originator_version, topic, state FROM {s}.es_events($1, $2, $3, $4, $5, $6)",
+            (TEXT_OID, UUID_OID, INT8_OID, INT8_OID, BOOL_OID, INT4_OID), ("int", "text", "bytes"))
         params = (self.application, originator_id, gt, lte, desc,
                   None if limit is None else min(limit, MAX_INT4))
-        rows = self.datastore.run(lambda c: c.execute(q, params).fetchall())
+        rows = self.datastore.fetch(stmt, [param(p) for p in params])
         return [StoredEvent(originator_id, v, t, s) for v, t, s in rows]
 
 
@@ -219,20 +222,27 @@ class PgextApplicationRecorder(PgextAggregateRecorder, ApplicationRecorder):
     ) -> List[Notification]:
         if limit <= 0 or (stop is not None and stop < max(start, 1)):
             return []
-        q = self.datastore.sql(
-            "SELECT id, originator_id, originator_version, topic, state FROM"
-            " {s}.es_select(%s, %s, %s, %s::int8, %s::text[])")
-        params = (self.application, max(start, 1), min(limit, MAX_INT4), stop,
-                  list(topics) if topics else None)
-        rows = self.datastore.run(lambda c: c.execute(q, params).fetchall())
+        if topics:
+            q = self.datastore.sql(
+                "SELECT id, originator_id, originator_version, topic, state FROM"
+                " {s}.es_select(%s, %s, %s, %s::int8, %s::text[])")
+            params = (self.application, max(start, 1), min(limit, MAX_INT4), stop, list(topics))
+            rows = self.datastore.run(lambda c: c.execute(q, params).fetchall())
+        else:
+            stmt = self.datastore.statement(
+                "SELECT id, originator_id, originator_version, topic, state FROM"
+                " {s}.es_select($1, $2, $3, $4)",
+                (TEXT_OID, INT8_OID, INT4_OID, INT8_OID), ("int", "uuid", "int", "text", "bytes"))
+            rows = self.datastore.fetch(stmt, [param(p) for p in (
+                self.application, max(start, 1), min(limit, MAX_INT4), stop)])
         return [
             Notification(id=i, originator_id=o, originator_version=v, topic=t, state=s)
             for i, o, v, t, s in rows
         ]
 
     def max_notification_id(self) -> int:
-        q = self.datastore.sql("SELECT {s}.es_max_notification_id(%s)")
-        return self.datastore.run(lambda c: c.execute(q, (self.application,)).fetchone()[0]) or 0
+        stmt = self.datastore.statement("SELECT {s}.es_max_notification_id($1)", (TEXT_OID,), ("int",))
+        return self.datastore.fetch(stmt, (param(self.application),))[0][0] or 0
 
     def wait(self, after: int, timeout: float = 10.0) -> Optional[int]:
         """es_wait: blocks until ids above `after` can be read and returns
@@ -257,8 +267,8 @@ class PgextProcessRecorder(PgextApplicationRecorder, ProcessRecorder):
     is refused (IntegrityError), as a duplicate is by the library."""
 
     def max_tracking_id(self, application_name: str) -> int:
-        q = self.datastore.sql("SELECT {s}.es_tracking_position(%s, %s)")
-        return self.datastore.run(lambda c: c.execute(q, (self.application, application_name)).fetchone()[0]) or 0
+        stmt = self.datastore.statement("SELECT {s}.es_tracking_position($1, $2)", (TEXT_OID, TEXT_OID), ("int",))
+        return self.datastore.fetch(stmt, (param(self.application), param(application_name)))[0][0] or 0
 
     def has_tracking_id(self, application_name: str, notification_id: int) -> bool:
         # Positions are recorded in increasing order only, so every
