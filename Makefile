@@ -3,7 +3,7 @@
 
 EXTENSION  = eventsourcing
 MODULE_big = eventsourcing
-OBJS       = src/eventsourcing.o src/catalog.o src/access.o src/ordering.o src/append.o src/read.o src/worker.o src/wakeup.o src/integrity.o src/follow.o src/replay.o src/codec.o src/keys.o
+OBJS       = src/eventsourcing.o src/catalog.o src/access.o src/ordering.o src/append.o src/read.o src/worker.o src/wakeup.o src/integrity.o src/follow.o src/replay.o src/codec.o src/keys.o src/dcb.o
 DATA       = sql/eventsourcing--0.1.0.sql sql/eventsourcing--0.2.0.sql sql/eventsourcing--0.1.0--0.2.0.sql
 PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wmissing-prototypes
 SHLIB_LINK = -lz -lcrypto

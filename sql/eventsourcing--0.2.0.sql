@@ -91,11 +91,12 @@ CREATE TABLE @extschema@.es_stored_events (
     event_hash          bytea NOT NULL,
     stored_form         smallint NOT NULL DEFAULT 0
         CONSTRAINT es_stored_events_stored_form_check CHECK (stored_form IN (0, 1)),
+    tags                text[] COLLATE "C",
     CONSTRAINT es_stored_events_pkey PRIMARY KEY (application_id, notification_id),
     CONSTRAINT es_stored_events_version_key UNIQUE (application_id, originator_id, originator_version)
 );
 COMMENT ON TABLE @extschema@.es_stored_events IS
-    'All recorded events: each in its aggregate''s version sequence and its application''s notification log. Written by es_append only; roles read and append through the functions, with privileges per application (es_grant). stored_form 0: state as given; 1: a header, then the state compressed and/or encrypted (es_configure).';
+    'All recorded events: each in its aggregate''s version sequence and its application''s notification log. Written by es_append only; roles read and append through the functions, with privileges per application (es_grant). stored_form 0: state as given; 1: a header, then the state compressed and/or encrypted (es_configure). tags: NULL for aggregate events; for tagged events (es_dcb_append) their tags, and topic is their type.';
 
 CREATE TABLE @extschema@.es_tracking (
     application_id        integer NOT NULL,
@@ -641,3 +642,60 @@ WHERE @extschema@.es_has_privilege(f.name, NULL) OR @extschema@.es_has_privilege
 COMMENT ON VIEW @extschema@.es_followers IS
     'Each follower''s recorded position in an upstream application''s log and its lag behind the head, for the applications the caller has a privilege on.';
 GRANT SELECT ON @extschema@.es_followers TO PUBLIC;
+
+--------------------------------------------------------------------------
+-- Dynamic Consistency Boundaries: tagged events and conditional appends
+-- (src/dcb.c).  Tagged events live in es_stored_events beside aggregate
+-- events (one log, one sequence of ids), each as the only event of an
+-- aggregate of its own; es_dcb_index serves queries by tag and by type.
+--------------------------------------------------------------------------
+
+CREATE TABLE @extschema@.es_dcb_index (
+    application_id   integer NOT NULL,
+    kind             "char" NOT NULL CONSTRAINT es_dcb_index_kind_check CHECK (kind IN ('g', 'y')),
+    value            text COLLATE "C" NOT NULL,
+    notification_id  bigint NOT NULL,
+    CONSTRAINT es_dcb_index_pkey PRIMARY KEY (application_id, kind, value, notification_id)
+);
+COMMENT ON TABLE @extschema@.es_dcb_index IS
+    'For every tagged event (es_dcb_append), one row per tag (kind g) and one for its type (kind y), with its position: conditions and queries find matching events by tag or type and position. Written with the events, never changed.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_dcb_index', '');
+REVOKE ALL ON @extschema@.es_dcb_index FROM PUBLIC;
+CREATE TRIGGER es_append_only BEFORE UPDATE OR DELETE ON @extschema@.es_dcb_index
+    FOR EACH ROW EXECUTE FUNCTION eventsourcing_internal.es_append_only_guard();
+CREATE TRIGGER es_append_only_truncate BEFORE TRUNCATE ON @extschema@.es_dcb_index
+    FOR EACH STATEMENT EXECUTE FUNCTION eventsourcing_internal.es_append_only_guard();
+
+CREATE TYPE @extschema@.es_dcb_event AS (
+    "position"   bigint,
+    type         text,
+    data         jsonb,
+    tags         text[],
+    data_bytes   bytea,
+    recorded_at  timestamptz,
+    event_id     uuid
+);
+COMMENT ON TYPE @extschema@.es_dcb_event IS
+    'A tagged event as es_dcb_read returns it: its position in the log, type, data (NULL when its bytes are not JSON text), tags, data as bytes (NULL for both once forgotten), when it was recorded, and its own id (its originator_id in the log: es_forget and es_verify take it).';
+
+CREATE FUNCTION @extschema@.es_dcb_append(application text, events jsonb, condition jsonb DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_dcb_append'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_dcb_append(text, jsonb, jsonb) IS
+    'Records tagged events [{"type", "data" or "data_base64", "tags"}, ...] atomically, unless condition {"fail_if_events_match": [query items], "after": position} matches an event after that position (23505); returns the position of the last event. Needs the append privilege.';
+
+CREATE FUNCTION @extschema@.es_dcb_read(application text, query jsonb DEFAULT NULL,
+    after bigint DEFAULT NULL, max_count integer DEFAULT NULL)
+RETURNS SETOF @extschema@.es_dcb_event
+AS 'MODULE_PATHNAME', 'es_dcb_read'
+LANGUAGE C STABLE PARALLEL UNSAFE ROWS 100;
+COMMENT ON FUNCTION @extschema@.es_dcb_read(text, jsonb, bigint, integer) IS
+    'The tagged events matching query [{"types": [...], "tags": [...]}, ...] (NULL or []: all) after position after, in position order, never past a position that could still become visible; at most max_count. Needs the read privilege.';
+
+CREATE FUNCTION @extschema@.es_dcb_head(application text, query jsonb DEFAULT NULL, after bigint DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_dcb_head'
+LANGUAGE C STABLE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_dcb_head(text, jsonb, bigint) IS
+    'The position of the last tagged event matching query that es_dcb_read would return after position after (after itself, or 0, if none): what a writer passes as "after" in its condition. Needs the read privilege.';

@@ -46,23 +46,11 @@
 #include "utils/numeric.h"
 
 #include "access.h"
+#include "append.h"
 #include "codec.h"
 #include "integrity.h"
 #include "ordering.h"
 #include "wakeup.h"
-
-typedef struct EsEventIn
-{
-	pg_uuid_t	originator_id;
-	int64		version;
-	Datum		topic;
-	Datum		state;			/* as given */
-	Datum		stored;			/* as stored (codec.c) */
-	int16		form;
-	int			index;			/* position in the call, 0-based */
-	int			subscript;		/* the array subscript the caller wrote */
-	uint8		hash[ES_HASH_LEN];	/* chained to the aggregate's previous event */
-} EsEventIn;
 
 /* The name of one field of the input, for error messages. */
 static char *
@@ -113,6 +101,7 @@ EsCheckEvent(Datum *values, bool *nulls, const char *argname, bool is_array,
 	ev->state = PointerGetDatum(PG_DETOAST_DATUM(values[3]));
 	ev->index = index;
 	ev->subscript = subscript;
+	ev->tags = (Datum) 0;		/* an aggregate event */
 
 	if (ev->version < 0)
 		ereport(ERROR,
@@ -349,7 +338,7 @@ EsCheckVersions(const EsApp *app, Relation events, EsEventIn **sorted, int n)
 			EsHashEvent(i == start ? head : sorted[i - 1]->hash, application,
 						&sorted[i]->originator_id, sorted[i]->version,
 						DatumGetTextPP(sorted[i]->topic), DatumGetByteaPP(sorted[i]->stored),
-						sorted[i]->form, sorted[i]->hash);
+						sorted[i]->form, sorted[i]->tags, sorted[i]->hash);
 		}
 		start = end;
 	}
@@ -396,10 +385,13 @@ EsRecordTracking(const EsRelations *rels, int32 app_id, const char *appname,
 	EsSpiEnd(&spi);
 }
 
-/* Step 5. */
-static void
+/*
+ * Step 5 (and the insertion of tagged events, dcb.c, whose index rows
+ * `also` inserts before the slot is cleared: ordering.c's rule (b) reads them).
+ */
+void
 EsInsertEvents(const EsRelations *rels, Relation events, int32 app_id,
-			   EsEventIn *in, int n, int64 *ids)
+			   EsEventIn *in, int n, int64 *ids, EsAlsoInsert also, void *arg)
 {
 	EState	   *estate = CreateExecutorState();
 	ResultRelInfo *rri = makeNode(ResultRelInfo);
@@ -439,10 +431,14 @@ EsInsertEvents(const EsRelations *rels, Relation events, int32 app_id,
 			slot->tts_values[Anum_es_stored_form - 1] = Int16GetDatum(in[i].form);
 			slot->tts_values[Anum_es_recorded_at - 1] = TimestampTzGetDatum(now);
 			slot->tts_values[Anum_es_event_hash - 1] = PointerGetDatum(hashes[i]);
+			slot->tts_values[Anum_es_tags - 1] = in[i].tags;
+			slot->tts_isnull[Anum_es_tags - 1] = in[i].tags == (Datum) 0;
 			ExecStoreVirtualTuple(slot);
 			table_tuple_insert(events, slot, cid, 0, NULL);
 			(void) ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
 		}
+		if (also != NULL)
+			also(arg, ids);
 	}
 	PG_FINALLY();
 	{
@@ -489,7 +485,7 @@ EsAppend(text *application, EsEventIn *in, int n, text *upstream, int64 upstream
 	if (upstream != NULL)
 		EsRecordTracking(&app.rels, app.id, app.cname, upstream, upstream_position);
 	if (n > 0)
-		EsInsertEvents(&app.rels, events, app.id, in, n, ids);
+		EsInsertEvents(&app.rels, events, app.id, in, n, ids, NULL, NULL);
 	table_close(events, NoLock);
 	return ids;
 }

@@ -194,6 +194,8 @@ EsLookupRelationsExtended(EsRelations *rels, bool missing_ok)
 	rels->keys_pkey = EsRelid(rels->namespace, "es_keys_pkey");
 	rels->dictionaries = EsRelid(rels->namespace, "es_dictionaries");
 	rels->dictionaries_pkey = EsRelid(rels->namespace, "es_dictionaries_pkey");
+	rels->dcb_index = EsRelid(rels->namespace, "es_dcb_index");
+	rels->dcb_index_pkey = EsRelid(rels->namespace, "es_dcb_index_pkey");
 	rels_cache = *rels;
 	rels_valid = true;
 	return true;

@@ -34,6 +34,8 @@ typedef struct EsRelations
 	Oid			keys_pkey;		/* (application_id, originator_id) */
 	Oid			dictionaries;	/* es_dictionaries */
 	Oid			dictionaries_pkey;	/* (application_id, dictionary_id) */
+	Oid			dcb_index;		/* es_dcb_index */
+	Oid			dcb_index_pkey; /* (application_id, kind, value, notification_id) */
 } EsRelations;
 
 /* An application's settings that the append and read paths need. */

@@ -18,11 +18,12 @@
  *	replay.c		es_replay, the fold language, es_state, snapshots
  *	codec.c			the stored form of states: zlib, AES-256-GCM, es_configure
  *	keys.c			the master key and the aggregates' data keys, es_forget
+ *	dcb.c			tagged events and conditional appends (es_dcb_*)
  *
  * The include graph: catalog.h includes eventsourcing.h; access.h,
  * integrity.h and ordering.h include catalog.h; read.h includes ordering.h;
  * wakeup.h and follow.h include only eventsourcing.h; codec.h and keys.h
- * include catalog.h.  No cycles.
+ * include catalog.h; append.h includes access.h.  No cycles.
  */
 #ifndef EVENTSOURCING_H
 #define EVENTSOURCING_H
@@ -47,7 +48,8 @@
 #define Anum_es_recorded_at			7
 #define Anum_es_event_hash			8
 #define Anum_es_stored_form			9
-#define Natts_es_stored_events		9
+#define Anum_es_tags				10	/* NULL but for tagged (DCB) events */
+#define Natts_es_stored_events		10
 
 /* SHA-256 */
 #define ES_HASH_LEN					32

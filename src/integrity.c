@@ -18,6 +18,10 @@
  * needs no key.  A state in a stored form other than 0 (codec.c) is hashed
  * with the tag "es-event-v2" and its form (one byte) after the tag, so that
  * changing the form is a changed event too; raw states keep "es-event-v1".
+ * A tagged event (dcb.c: the only event of an aggregate of its own, so its
+ * previous hash is genesis) is hashed with the tag "es-dcb-v1" and its form,
+ * the same fields, then the number of its tags (int64 big-endian) and each
+ * tag length-prefixed, in their stored (sorted) order.
  *
  * A seal is SHA-256 over "es-seal-v1", the previous seal's digest (zeros for
  * the first), the application name (length-prefixed), the last id of the
@@ -132,10 +136,18 @@ EsDigestEnd(uint8 *out)
 void
 EsHashEvent(const uint8 *prev, const text *application,
 			const pg_uuid_t *originator_id, int64 version,
-			const text *topic, const bytea *state, int16 form, uint8 *out)
+			const text *topic, const bytea *state, int16 form, Datum tags,
+			uint8 *out)
 {
 	EsDigestBegin();
-	if (form == 0)
+	if (tags != (Datum) 0)
+	{
+		uint8		f = (uint8) form;
+
+		EsDigest("es-dcb-v1", 9);
+		EsDigest(&f, 1);
+	}
+	else if (form == 0)
 		EsDigest("es-event-v1", 11);
 	else
 	{
@@ -150,6 +162,25 @@ EsHashEvent(const uint8 *prev, const text *application,
 	EsDigestInt64(version);
 	EsDigestBytes(VARDATA_ANY(topic), VARSIZE_ANY_EXHDR(topic));
 	EsDigestBytes(VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state));
+	if (tags != (Datum) 0)
+	{
+		ArrayType  *arr = DatumGetArrayTypeP(tags);
+		Datum	   *elems;
+		bool	   *nulls;
+		int			n;
+
+		deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+		EsDigestInt64(n);
+		for (int i = 0; i < n; i++)
+		{
+			text	   *t = DatumGetTextPP(elems[i]);
+
+			CHECK_FOR_INTERRUPTS();
+			if (nulls[i])
+				ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), errmsg("a tagged event has a NULL tag")));
+			EsDigestBytes(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+		}
+	}
 	EsDigestEnd(out);
 }
 
@@ -231,6 +262,7 @@ EsChainAdd(EsChain *c, TupleTableSlot *slot, const text *application)
 				DatumGetTextPP(slot->tts_values[Anum_es_topic - 1]),
 				DatumGetByteaPP(slot->tts_values[Anum_es_state - 1]),
 				DatumGetInt16(slot->tts_values[Anum_es_stored_form - 1]),
+				slot->tts_isnull[Anum_es_tags - 1] ? (Datum) 0 : slot->tts_values[Anum_es_tags - 1],
 				computed);
 	row->matches = memcmp(computed, row->stored, ES_HASH_LEN) == 0;
 	c->n++;

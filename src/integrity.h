@@ -12,7 +12,8 @@ extern bool es_allow_rewrite;
 
 extern void EsHashEvent(const uint8 *prev, const text *application,
 						const pg_uuid_t *originator_id, int64 version,
-						const text *topic, const bytea *state, int16 form, uint8 *out);
+						const text *topic, const bytea *state, int16 form, Datum tags,
+						uint8 *out);
 extern bool EsSealApplication(const EsRelations *rels, int32 app_id, text *application,
 							  Datum *seal_row);
 

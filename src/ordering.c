@@ -513,14 +513,13 @@ EsGapResolverEnd(EsGapResolver *r)
 }
 
 /*
- * The missing ids [from, to) of the reader's snapshot: returns the first of
- * them that may still become visible (the reader must stop before it), or
- * `to` when all are permanent gaps.
+ * Rule (a) alone: the ids from `from` on below the returned limit (at most
+ * `to`) are no longer being inserted by anyone; those at or above it may be.
+ * Tagged-event readers (dcb.c) apply rule (b) to their own index.
  */
 int64
-EsGapPermanentUpTo(EsGapResolver *r, int64 from, int64 to)
+EsGapPendingLimit(EsGapResolver *r, int64 from, int64 to)
 {
-	ScanKeyData keys[3];
 	int64		limit = to;
 
 	if (from >= to)
@@ -558,6 +557,62 @@ EsGapPermanentUpTo(EsGapResolver *r, int64 from, int64 to)
 				limit = Max((int64) lowest, from);
 		}
 	}
+	return limit;
+}
+
+/*
+ * For readers that find ids through another index (dcb.c), instead of
+ * stopping at rule (a): waits until every id handed out so far has its
+ * tuples inserted or never will (a writer holds its slot only while it
+ * inserts), and returns the limit below which that holds.  On a primary that
+ * is PG_INT64_MAX: an id handed out later was handed out after the caller's
+ * snapshot (taken before this call), so it is not visible in it, and every
+ * visible id lies below.  On a standby, rule (a)'s watermark limit, at once
+ * (only replay moves it).  Call after taking the snapshot and before reading
+ * the other index, so that rule (b) there sees what the slots covered.
+ */
+int64
+EsGapSettle(EsGapResolver *r, int64 from)
+{
+	int64		next;
+	long		delay_us = 10;
+
+	if (RecoveryInProgress() || !EsSharedMemoryReady())
+		return EsGapPendingLimit(r, from, PG_INT64_MAX);
+	if (!r->counter_known)
+	{
+		EsCounterKey key;
+
+		EsMakeKey(&key, r->rels, r->app_id);
+		r->counter = EsFindCounter(&key);
+		r->counter_known = true;
+	}
+	if (r->counter == NULL)
+		return PG_INT64_MAX;	/* no id handed out since the server started */
+	next = EsCounterNext(r->counter);
+	while (EsGapPendingLimit(r, from, next) < next)
+	{
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(delay_us);
+		delay_us = Min(delay_us * 2, 1000);
+	}
+	return PG_INT64_MAX;
+}
+
+/*
+ * The missing ids [from, to) of the reader's snapshot: returns the first of
+ * them that may still become visible (the reader must stop before it), or
+ * `to` when all are permanent gaps.
+ */
+int64
+EsGapPermanentUpTo(EsGapResolver *r, int64 from, int64 to)
+{
+	ScanKeyData keys[3];
+	int64		limit;
+
+	if (from >= to)
+		return to;
+	limit = EsGapPendingLimit(r, from, to);
 	if (limit <= from)
 		return from;
 

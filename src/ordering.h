@@ -40,6 +40,8 @@ extern void EsGapResolverInit(EsGapResolver *r, const EsRelations *rels,
 							  Relation events, Relation pkey, int32 app_id,
 							  Snapshot snapshot);
 extern int64 EsGapPermanentUpTo(EsGapResolver *r, int64 from, int64 to);
+extern int64 EsGapPendingLimit(EsGapResolver *r, int64 from, int64 to);
+extern int64 EsGapSettle(EsGapResolver *r, int64 from);
 extern void EsGapResolverEnd(EsGapResolver *r);
 extern int64 EsReadAnnounced(const EsRelations *rels, int32 app_id);
 

@@ -99,7 +99,7 @@ EsTopicMatches(const EsTopicFilter *filter, Datum topic)
  * The state of the event in `slot` as given to es_append (codec.c), or NULL
  * when its aggregate was forgotten.
  */
-static Datum
+Datum
 EsStateOf(const EsApp *app, TupleTableSlot *slot, bool *isnull)
 {
 	int16		form = DatumGetInt16(slot->tts_values[Anum_es_stored_form - 1]);

@@ -36,4 +36,8 @@ extern void EsLogScanEnd(EsLogScan *s);
 
 extern int64 EsReadableHead(const EsRelations *rels, int32 app_id, int64 after);
 
+/* The state of the event in slot, as given (NULL if its aggregate was forgotten). */
+struct EsApp;
+extern Datum EsStateOf(const struct EsApp *app, struct TupleTableSlot *slot, bool *isnull);
+
 #endif							/* ES_READ_H */
