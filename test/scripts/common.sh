@@ -54,7 +54,10 @@ cluster_dir() {
     fi
 }
 
+# ES_CLUSTER_PORT: another port for every cluster of this run (two checkouts
+# running the suite at once).
 cluster_port() {
+    if [ -n "${ES_CLUSTER_PORT:-}" ]; then echo "$ES_CLUSTER_PORT"; return; fi
     case $1 in
         demo) echo 54329 ;;
         test) echo 54328 ;;
