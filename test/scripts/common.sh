@@ -7,6 +7,8 @@ PG_MAJOR=15
 # ES_PG_BIN: the bin directory of another (relocated) copy of PostgreSQL;
 # build_and_install then installs into that copy, and clusters run from it.
 PG_BIN="${ES_PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}"
+# The system's pg_config: builds need its server headers (a copy has none).
+SYS_PG_CONFIG="/usr/lib/postgresql/$PG_MAJOR/bin/pg_config"
 PGXS_DIR="/usr/lib/postgresql/$PG_MAJOR/lib/pgxs"
 PG_USER=postgres
 PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-client-$PG_MAJOR
@@ -36,8 +38,7 @@ ensure_packages() {
 
 build_and_install() {
     log "building and installing the extension"
-    # (built against the system's headers, which a relocated copy lacks)
-    make -C "$ROOT" -s PG_CONFIG="/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" all >/dev/null
+    make -C "$ROOT" -s PG_CONFIG="$SYS_PG_CONFIG" all >/dev/null
     make -C "$ROOT" -s PG_CONFIG="$PG_BIN/pg_config" install >/dev/null
 }
 
