@@ -686,6 +686,7 @@ typedef struct EsDcbWalk
 	bool		done;
 	int64		id;				/* the current row's position */
 	bool		pending;		/* its transaction is in progress for the snapshot */
+	int			proves;			/* an item that every row here matches (its only key), or -1 */
 } EsDcbWalk;
 
 static void
@@ -813,30 +814,40 @@ EsDcbScanWalks(EsDcbScan *s, const EsDcbQuery *q, int64 after, Snapshot walk_sna
 	int			n = 0;
 	char	   *kinds;
 	text	  **values;
+	int		   *proves;
 
 	for (int i = 0; i < q->nitems; i++)
 		cap += q->items[i].ntags > 0 ? 1 : q->items[i].ntypes;
 	kinds = palloc(cap);
 	values = palloc(sizeof(text *) * cap);
+	proves = palloc(sizeof(int) * cap);
 	for (int i = 0; i < q->nitems; i++)
 	{
 		const EsDcbItem *item = &q->items[i];
 		int			nkeys = item->ntags > 0 ? 1 : item->ntypes;
 
+		/* A row of a tag-less item's type, or of a lone tag, matches the item. */
+		bool		only_key = item->ntags == 0 || (item->ntags == 1 && item->ntypes == 0);
+
 		for (int k = 0; k < nkeys; k++)
 		{
 			char		kind = item->ntags > 0 ? ES_DCB_TAG : ES_DCB_TYPE;
 			text	   *value = item->ntags > 0 ? item->tags[0] : item->types[k];
-			bool		dup = false;
+			int			j;
 
-			for (int j = 0; j < n && !dup; j++)
-				dup = kinds[j] == kind && EsCompareTextP(&values[j], &value) == 0;
-			if (!dup)
+			CHECK_FOR_INTERRUPTS();
+			for (j = 0; j < n; j++)
+				if (kinds[j] == kind && EsCompareTextP(&values[j], &value) == 0)
+					break;
+			if (j == n)
 			{
 				kinds[n] = kind;
 				values[n] = value;
+				proves[n] = -1;
 				n++;
 			}
+			if (only_key && proves[j] < 0)
+				proves[j] = i;
 		}
 	}
 	s->nwalks = n;
@@ -845,6 +856,7 @@ EsDcbScanWalks(EsDcbScan *s, const EsDcbQuery *q, int64 after, Snapshot walk_sna
 	{
 		EsDcbWalkBegin(&s->walks[j], s->index_rel, s->index_idx, walk_snapshot,
 					   s->app->id, kinds[j], values[j], after);
+		s->walks[j].proves = proves[j];
 		(void) EsDcbWalkNext(&s->walks[j], walk_snapshot == SnapshotAny ? s->snapshot : NULL);
 	}
 }
@@ -1032,8 +1044,16 @@ EsDcbCheckCondition(const EsApp *app, const EsDcbQuery *cond, int64 after)
 
 			for (; !w->done; (void) EsDcbWalkNext(w, NULL))
 			{
-				TupleTableSlot *ev = EsDcbFetch(&s, w->id);
+				TupleTableSlot *ev;
 
+				if (w->proves >= 0)
+				{
+					/* Visible, and a match by its key alone: no need to read the event. */
+					found = w->id;
+					item = w->proves;
+					break;
+				}
+				ev = EsDcbFetch(&s, w->id);
 				if (ev != NULL && (item = EsDcbSlotMatch(cond, ev)) >= 0)
 				{
 					found = w->id;
@@ -1304,6 +1324,7 @@ EsDcbReadQuery(const EsApp *app, const EsDcbQuery *q, int64 after, EsDcbSink *si
 	{
 		int64		id = PG_INT64_MAX;
 		bool		pending = false;
+		bool		proven = false;
 		bool		any = false;
 		TupleTableSlot *ev;
 
@@ -1319,17 +1340,24 @@ EsDcbReadQuery(const EsApp *app, const EsDcbQuery *q, int64 after, EsDcbSink *si
 			if (!s.walks[j].done && s.walks[j].id == id)
 			{
 				pending |= s.walks[j].pending;
+				proven |= s.walks[j].proves >= 0;
 				(void) EsDcbWalkNext(&s.walks[j], snapshot);
 			}
 		if (pending)
 			break;
+		if (proven && sink->rsinfo == NULL)
+		{
+			/* es_dcb_head needs only the position. */
+			(void) EsDcbEmit(sink, app, NULL, id);
+			continue;
+		}
 		ev = EsDcbFetch(&s, id);
 		if (ev == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("es_dcb_index names position " INT64_FORMAT " of application \"%s\", which has no event",
 							id, app->cname)));
-		if (EsDcbSlotMatch(q, ev) >= 0 && !EsDcbEmit(sink, app, ev, id))
+		if ((proven || EsDcbSlotMatch(q, ev) >= 0) && !EsDcbEmit(sink, app, ev, id))
 			break;
 	}
 	EsDcbScanEnd(&s);

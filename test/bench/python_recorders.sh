@@ -3,7 +3,7 @@
 # commands at 1, 8 and 32 threads of one process, saved by the library's own
 # PostgreSQL recorder (eventsourcing.postgres: LOCK TABLE ... IN EXCLUSIVE
 # MODE, then INSERT) and by eventsourcing_pgext (es_append), side by side in
-# one run on a throwaway cluster ('pybench', port 54330).  See
+# one run on a throwaway cluster ('pybench', port 54330; BENCH_CLUSTER).  See
 # python_recorders.py for what is measured.
 #
 #   bash test/bench/python_recorders.sh   # BENCH_SECONDS=10 BENCH_ROUNDS=3 by default
@@ -20,7 +20,8 @@ export BENCH_THREADS=${BENCH_THREADS:-"1 8 32"}
 PY=/usr/bin/python3
 
 PACKAGES+=(python3-psycopg-pool)
-bench_cluster pybench <<CONF
+BENCH_CLUSTER=${BENCH_CLUSTER:-pybench}
+bench_cluster <<CONF
 max_connections = 120
 shared_buffers = 256MB
 CONF

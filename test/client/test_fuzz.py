@@ -29,8 +29,16 @@ off in the applications it administers, so appends, reads, snapshots, folds
 and forgetting run on encrypted and compressed states), es_forget (random,
 real, encrypted and already forgotten aggregates), es_select_stored (the
 hostile start and max_count of es_select), es_rewrap_keys() (only as the role,
-never as a superuser), and the trigger function es_append_only_guard() called
-directly.
+never as a superuser), the trigger function es_append_only_guard() called
+directly, and the Dynamic Consistency Boundary functions: es_dcb_append (events
+and conditions as jsonb with wrong types at every path, unknown keys, empty and
+over-long types and tags, duplicated tags, unicode and escapes, deep and huge
+data, data_base64 valid and not, decoding to bytes, to JSON text and to
+numbers jsonb cannot hold; conditions with "after" from real reads, in the
+same statement from es_dcb_head, 0, huge, negative, fractional, not a number;
+queries of up to 250 items), es_dcb_read (hostile query, after and max_count)
+and es_dcb_head, on the applications above (tagged events beside aggregate
+events: es_append, es_state, es_forget, ... meet their aggregates too).
 
 What must hold, whatever the arguments:
 
@@ -44,12 +52,14 @@ What must hold, whatever the arguments:
 3. a call that fails writes nothing: the state of every application (through
    es_max_notification_id, count(*) FROM es_select(app, 1, 1000000), and the
    tables: events, tracking positions, applications, folds, grants, seals,
-   snapshots, data keys) is the same before and after it; a successful call in a
+   snapshots, data keys, es_dcb_index) is the same before and after it; a successful call in a
    read-only transaction writes nothing either; a successful call that is not
    an append adds no event and moves no tracking position;
 4. a refused call uses up no notification id: the ids of each successful
    append are exactly the next ones (highest id handed out + 1, ...), and at
-   the end one more append to every application gets highest + 1;
+   the end one more append to every application gets highest + 1; a
+   successful es_dcb_append takes as many ids as it has events, exactly the
+   next ones, and returns the last;
 5. the role never runs a function it has no EXECUTE privilege on (the fold
    function es_fuzz_fold_secret announces itself with a NOTICE), and fold
    functions run as the role (es_fuzz_fold says as whom);
@@ -59,14 +69,27 @@ What must hold, whatever the arguments:
    application encrypts, no encrypted flag when it does not, form 0 when it
    neither compresses nor encrypts; es_configure sets what it was given and
    keeps what was NULL; es_select_stored returns es_select's rows (ids,
-   aggregates, versions, topics, hashes), the state as stored;
+   aggregates, versions, topics, hashes), the state as stored; the tagged
+   events of a successful es_dcb_append read back (es_dcb_read, as the
+   superuser) at their positions with their types, their tags sorted and
+   distinct, the data as sent (jsonb's text of "data", the bytes of
+   "data_base64", as data when they are JSON text), one es_dcb_index row per
+   tag and one for the type, and stored as the application's settings say;
 7. forgetting: a successful es_forget (a write: it destroys the data key and
    deletes snapshots, but appends nothing) leaves the aggregate's encrypted
    events with state NULL and the others readable, no snapshot, a destroyed
    key, and a chain that verifies; an append to a forgotten aggregate never
    succeeds, and one that is otherwise valid fails with 55000 (and, like
    every refused call, writes nothing and uses up no id);
-   es_rewrap_keys() as the role always fails with 42501.
+   es_rewrap_keys() as the role always fails with 42501;
+8. tagged events follow a model (every tagged event the superuser and the
+   role appended, with its position, type and tags): es_dcb_read returns
+   exactly the model's matching events after `after` (at most max_count), in
+   any transaction mode; es_dcb_head the last of them (or `after`, or 0); an
+   es_dcb_append whose condition the model says matches an event after
+   "after" never succeeds, and one without a condition or whose condition
+   matches nothing never fails with 23505; calls whose arguments src/dcb.c
+   must refuse (as the fuzzer reads them) never succeed.
 
 ES_FUZZ_NO_DEEP_PATHS=1 leaves out fold paths of 120000 segments (which crash
 the server as of this writing: folding any operation on such a path builds a
@@ -83,6 +106,7 @@ The summary (calls, successes, errors by SQLSTATE) is printed after unittest's
 result line, which test/scripts/test.sh counts.
 """
 
+import base64
 import collections
 import json
 import os
@@ -174,15 +198,21 @@ HEADS = [None, b"", b"\x00" * 32, b"\xff" * 32, b"\x00" * 31, b"\x00" * 33, b"x"
 
 
 class Raw:
-    """JSON text to splice in as it is (nesting deeper than Python's json allows)."""
+    """JSON text to splice in as it is (nesting deeper than Python's json allows).
+    For the DCB calls: ok, whether jsonb and src/dcb.c accept it where it
+    stands (None: not known here); num, its value as condition.after."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, ok: Optional[bool] = None, num: Optional[int] = None):
         self.text = text
+        self.ok = ok
+        self.num = num
 
 
 def dump_json(v) -> str:
     if isinstance(v, Raw):
         return v.text
+    if isinstance(v, B64):
+        return json.dumps(v.text)
     if isinstance(v, dict):
         return "{" + ",".join(json.dumps(str(k)) + ":" + dump_json(x) for k, x in v.items()) + "}"
     if isinstance(v, (list, tuple)):
@@ -204,6 +234,161 @@ OPS_HOSTILE = ["bogus", "", "SET", "set ", 5, None, [], {}, "init\u0000"[:4] + "
 OPERATIONS_NON_ARRAY = ["{}", "5", '"s"', "null", "true", "[]", "[null]", "[[]]", "[5]",
                         '[{"op": "set"}]', NESTED100_ARR, NESTED100_OBJ, DEEP10000_ARR,
                         '[{"op":"init","value":' + DEEP10000_OBJ + "}]"]
+
+# --- Dynamic Consistency Boundaries (es_dcb_append, es_dcb_read, es_dcb_head) ---
+# The fuzzer builds their jsonb arguments as Python values; dcb_events(),
+# dcb_query() and dcb_condition() then say, as src/dcb.c parses them, whether
+# a call can succeed (False: must fail; None: not known here), and the model
+# (Fuzzer.dcb: every tagged event of every application, appended by the
+# superuser before the run or by a successful es_dcb_append) says which events
+# a query matches: what a read returns and whether a condition fails (23505).
+
+SQLNULL = Raw("NULL")            # an argument given as SQL NULL (or left to its default)
+
+
+class B64:
+    """A data_base64 value: its text, the bytes it decodes to, whether an
+    append with it can succeed (None: not known here), whether the bytes are
+    JSON text that es_dcb_read returns as data (None: not known here)."""
+
+    def __init__(self, text: str, raw: Optional[bytes], ok: Optional[bool],
+                 is_json: Optional[bool] = None):
+        self.text, self.raw, self.ok, self.is_json = text, raw, ok, is_json
+
+
+def b64(raw: bytes, ok: Optional[bool] = True, is_json: Optional[bool] = None) -> B64:
+    return B64(base64.b64encode(raw).decode(), raw, ok, is_json)
+
+
+DCB_TAGS = ["a", "b", "c", "d", "course:c1", "course:c2", "student:s1", "student:s2"]
+DCB_TAGS_ODD = ["\u00fc", "\U0001f984", "x y", "A", "a ", " a", "e\u0301", "\u00e9", "it's",
+                'quo"te', "back\\slash", "new\nline", "\u2028", "x" * 1024, "\u00e9" * 512,
+                "\U0001f984" * 256, "%s", "{a,b}", "NULL", "null", "\\u0000", ",", "\t"]
+DCB_TAGS_BAD = ["", "x" * 1025, "\u00e9" * 513, "\U0001f984" * 257, "y" * 5000, 5, None, True,
+                [], {}, ["a"], 1.5]
+DCB_TYPES = ["CourseDefined", "StudentSubscribed", "CapacityChanged", "T1"]
+DCB_TYPES_ODD = ["\u00fcber", "\U0001f984", "x" * 1024, "\u00e9" * 512, "e\u0301", "\u00e9",
+                 "a b", "Fold", "it's", "new\nline", "NULL"]
+DCB_TYPES_BAD = ["", "x" * 1025, "\u00e9" * 513, 5, None, True, [], {}, ["T1"]]
+DCB_DATA = [1, -1, 0, 1.5, 1e300, -0.0, 2**70, "str", "", [], {}, None, True, False, [1, 2],
+            {"a": 1}, {"k": [1, {"x": 2}]}, "x" * 3000, {"blob": "y" * 100000},
+            {"a": {"b": {"c": [1, {"d": None}]}}}, "\u00e9\U0001f984\u2028", "tab\tnew\nline",
+            Raw(NESTED100_ARR, ok=True), Raw(NESTED100_OBJ, ok=True),
+            Raw(DEEP10000_ARR, ok=True), Raw("123456789012345678901234567890e-300", ok=True),
+            Raw('"\\ud83e\\udd84 \\u00e9 \\/ \\b\\f\\n\\r\\t \\"q\\" \\\\"', ok=True),
+            Raw('{"a":1,"a":2}', ok=True), Raw("1e400", ok=True)]
+# jsonb refuses these at input (the argument, before the call), or may
+DCB_DATA_BAD = [Raw('"\\u0000"', ok=False), Raw('{"a":"\\u0000"}', ok=False),
+                Raw('"\\ud800"', ok=False), Raw("1e1000000", ok=False), Raw(DEEP50000_ARR, ok=None)]
+DCB_B64 = [b64(b"\x00\xff\x10", True, False), b64(b'{"x": 1}', True, True),
+           b64(b"null", True, True), b64(b"5", True, True), b64(b'"s"', True, True),
+           b64(b"", None, False), b64(b"\x00", True, False), b64(b"\xff\xfe", True, False),
+           b64(b"a\x00b", True, False), b64(bytes(range(256)), True, False),
+           b64(b"1e400", True, True), b64(b"-0", True, True),
+           b64(b'"\\u0000"', None, None), b64(b'{"a":"\\u0000"}', None, None),
+           b64(b'"\\ud800"', None, None), b64(b"[" * 50000 + b"]" * 50000, None, None),
+           b64(b"[" * 1000 + b"]" * 1000, True, True), b64(b"\xef\xbb\xbf{}", True, None),
+           b64(b'  {"x":1}  ', True, True), b64(b'{"a":1,"a":2}', True, True),
+           b64(b'{"a":', True, False), b64("\u00e9\U0001f984".encode(), True, False),
+           b64(b"\xc3\x28", True, False), b64(b"x" * 100000, True, False),
+           b64(b'"' + b"y" * 100000 + b'"', True, True), B64("QQ==", b"A", True, False),
+           B64("QUJD\n", b"ABC", None), B64(" QUJD", b"ABC", None)]
+DCB_B64_BAD = [
+    # JSON text that jsonb cannot hold: refused (22003), never stored
+    b64(b"1e1000000", False), b64(b"[1, 1e1000000]", False), b64(b'{"a": -1e999999}', False),
+    # not base64, or maybe not
+    B64("!!!!", None, False), B64("a\u00e9bc", None, False), B64("QUJ", None, None),
+    B64("Q===", None, None), B64("QQ=", None, None), B64("====", None, None),
+    B64("QUJD" * 10 + "!", None, False)]
+DCB_MANY = 250      # items of the largest queries (each its own tag: a lock each)
+
+
+class DcbBad(Exception):
+    """The call cannot succeed."""
+
+
+class DcbUnknown(Exception):
+    """Whether the call can succeed is not known here."""
+
+
+def dcb_string(x, limit=1024) -> str:
+    if isinstance(x, Raw):
+        raise DcbBad() if x.ok is False else DcbUnknown()
+    if not isinstance(x, str) or x == "" or len(x.encode()) > limit:
+        raise DcbBad()
+    return x
+
+
+def dcb_strings(x) -> frozenset:
+    if not isinstance(x, list):
+        raise DcbBad()
+    return frozenset(dcb_string(e) for e in x)
+
+
+def dcb_query_model(q):
+    """A query as src/dcb.c reads it: None (every tagged event) or a list of
+    (types, tags) items; DcbBad or DcbUnknown."""
+    if q is SQLNULL:
+        return None
+    if isinstance(q, Raw):
+        raise DcbBad() if q.ok is False else DcbUnknown()
+    if not isinstance(q, list):
+        raise DcbBad()
+    if not q:
+        return None
+    items = []
+    for it in q:
+        if not isinstance(it, dict) or set(it) - {"types", "tags"}:
+            raise DcbBad()
+        types = dcb_strings(it["types"]) if "types" in it else frozenset()
+        tags = dcb_strings(it["tags"]) if "tags" in it else frozenset()
+        if not types and not tags:
+            raise DcbBad()
+        items.append((types, tags))
+    return items
+
+
+def dcb_after_model(a) -> int:
+    """condition.after: a whole number >= 0 that fits a bigint."""
+    if isinstance(a, Raw):
+        if a.num is not None:
+            return a.num
+        raise DcbBad() if a.ok is False else DcbUnknown()
+    if isinstance(a, bool) or not isinstance(a, (int, float)):
+        raise DcbBad()
+    if isinstance(a, float):
+        if a == 0:
+            raise DcbUnknown()          # -0.0
+        if not a.is_integer():
+            raise DcbBad()
+        a = int(a)
+    if a < 0 or a >= 2**63:
+        raise DcbBad()
+    return a
+
+
+def json_constant(name):
+    raise ValueError("not JSON: %s" % name)
+
+
+def dcb_matches(items, typ: str, tags: frozenset) -> bool:
+    if items is None:
+        return True
+    return any((not ts or typ in ts) and tg <= tags for ts, tg in items)
+
+
+def dcb_sorted(tags) -> List[str]:
+    """Tags as stored: sorted byte-wise (COLLATE "C"), without duplicates."""
+    return sorted(set(tags), key=lambda s: s.encode())
+
+
+def jsonb_arg(v) -> "Arg":
+    """A jsonb argument: SQLNULL, or a value as dump_json writes it."""
+    if v is SQLNULL:
+        return Arg("NULL::jsonb", [], "NULL::jsonb")
+    text = dump_json(v)
+    desc = "'%s'::jsonb" % text.replace("'", "''") if len(text) <= 600 else short(text) + "::jsonb"
+    return Arg("%s::jsonb", [text], desc, v)
 
 
 def short(v: Any) -> str:
@@ -264,6 +449,7 @@ class Fuzzer:
         self.config: Dict[str, tuple] = {}       # app -> (compression, encryption)
         self.keyed: set = set()                  # (app, uuid) with an encrypted event
         self.forgotten: set = set()              # (app, uuid) forgotten with es_forget
+        self.dcb: Dict[Any, List[tuple]] = {}    # app -> its tagged events (position, type, tags)
         self.aggs = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(8)]
         self.kinds = [
             ("append_array", 10), ("append_tracked", 5), ("append_one", 4), ("append_fields", 6),
@@ -274,6 +460,7 @@ class Fuzzer:
             ("create_application", 2), ("grant", 2), ("revoke", 2), ("has_privilege", 1),
             ("direct", 1), ("wait_cancelled", 0.2),
             ("configure", 3), ("forget", 3), ("rewrap_keys", 1), ("select_stored", 4),
+            ("dcb_append", 7), ("dcb_read", 4), ("dcb_head", 2),
         ]
         if not NO_RETRY:
             self.kinds.append(("append_retry", 0))   # drawn by next_call, after a refusal
@@ -512,9 +699,10 @@ class Fuzzer:
     # --- calls --------------------------------------------------------------
 
     def render(self, fname: str, required, optional=(), srf=False,
-               mandatory_optional=False) -> Arg:
+               mandatory_optional=False, used: Optional[List[str]] = None) -> Arg:
         """fname(...) with the required arguments and some of the optional
-        ones (all with mandatory_optional), in positional or named notation."""
+        ones (all with mandatory_optional), in positional or named notation;
+        the names of the arguments given are added to used."""
         rng = self.rng
         style = rng.random()
         if style < 0.5 or not optional and style < 0.9:
@@ -535,6 +723,8 @@ class Fuzzer:
                 template = ", ".join(["{}"] * len(required) +
                                      ["%s => {}" % name for name, _ in named])
             args = [a for _, a in use]
+        if used is not None:
+            used.extend(name for name, _ in use)
         head = "SELECT * FROM " if srf else "SELECT "
         return expr(head + fname + "(" + template + ")", *args)
 
@@ -949,6 +1139,357 @@ class Fuzzer:
                                               lit(self.rng.choice(PRIVILEGES), "text"))])
         return Call("es_has_privilege", a, app)
 
+    # --- Dynamic Consistency Boundaries ---------------------------------------
+
+    def dcb_tag(self, bad: float = 0.0):
+        rng = self.rng
+        if rng.random() < bad:
+            return rng.choice(DCB_TAGS_BAD)
+        return rng.choice(DCB_TAGS) if rng.random() < 0.8 else rng.choice(DCB_TAGS_ODD)
+
+    def dcb_type(self, bad: float = 0.0):
+        rng = self.rng
+        if rng.random() < bad:
+            return rng.choice(DCB_TYPES_BAD)
+        return rng.choice(DCB_TYPES) if rng.random() < 0.8 else rng.choice(DCB_TYPES_ODD)
+
+    def dcb_event(self, hostile: bool):
+        rng = self.rng
+        ev: Dict[str, Any] = {"type": self.dcb_type()}
+        if self.chance(0.65):
+            if self.chance(0.5):
+                ev["data"] = rng.choice(DCB_DATA)
+            else:
+                sv = self.state_value()
+                try:
+                    # numbers as written (1e400 is no float); NaN and Infinity are no JSON
+                    ev["data"] = json.loads(sv, parse_float=lambda x: Raw(x, ok=True),
+                                            parse_constant=json_constant)
+                    if "\x00" in dump_json(ev["data"]) or "\\u0000" in dump_json(ev["data"]):
+                        raise ValueError("jsonb refuses \\u0000")
+                except (ValueError, RecursionError, TypeError):          # TypeError: None
+                    ev["data"] = {"n": rng.randrange(100), "s": "\u00e9"}
+        else:
+            ev["data_base64"] = rng.choice(DCB_B64) if self.chance(0.6) else \
+                b64(self.state_value() or b"", None, None)
+        if self.chance(0.85):
+            tags = [self.dcb_tag() for _ in range(rng.choice([0, 1, 1, 2, 2, 3]))]
+            if tags and self.chance(0.1):
+                tags += tags * rng.choice([1, 20])                  # duplicates
+            if self.chance(0.02):
+                tags += ["many:%d" % i for i in range(40)]
+            ev["tags"] = tags
+        if not hostile:
+            return ev
+        r = rng.random()
+        if r < 0.08:
+            return rng.choice([5, None, [], "s", True, [ev], Raw(NESTED100_ARR, ok=False)])
+        if r < 0.16:
+            del ev["type"]
+        elif r < 0.28:
+            ev["type"] = self.dcb_type(bad=1)
+        elif r < 0.36:
+            ev["data"] = ev["data_base64"] = rng.choice(DCB_B64)
+        elif r < 0.42:
+            ev.pop("data", None)
+            ev.pop("data_base64", None)
+        elif r < 0.47:
+            ev.pop("data_base64", None)
+            ev["data"] = rng.choice(DCB_DATA_BAD)
+        elif r < 0.52:
+            ev.pop("data", None)
+            ev["data_base64"] = rng.choice([5, None, [], {}, True, 1.5, B64("\u00fc", None, False)]
+                                           + DCB_B64_BAD * 2)
+        elif r < 0.62:
+            ev["tags"] = rng.choice(["a", None, 5, {}, {"a": "b"}, True])
+        elif r < 0.80:
+            tags = list(ev.get("tags") or ["a"])
+            tags.insert(rng.randrange(len(tags) + 1), self.dcb_tag(bad=1))
+            ev["tags"] = tags
+        else:
+            ev[rng.choice(["extra", "Type", "", "tags ", "data_base64 ", "DATA", "position",
+                           "\u00fc", "x" * 300])] = rng.choice([1, None, "a", []])
+        return ev
+
+    def dcb_events(self):
+        """The events argument, and (events as (type, tags, payload), whether
+        the call can succeed: True, False or None for not known)."""
+        rng = self.rng
+        if self.chance(0.05):
+            v = rng.choice([SQLNULL, Raw("null", ok=False), {}, 5, "s", [], [[]], [None], [5],
+                            {"type": "T1", "data": 1}, Raw(DEEP10000_ARR, ok=False),
+                            Raw(NESTED100_OBJ, ok=False), Raw('"\\u0000"', ok=False)])
+        else:
+            r = rng.random()
+            n = rng.choice([1, 1, 1, 2, 2, 3, 5]) if r < 0.965 else 50 if r < 0.995 else 200
+            hostile = self.chance(0.3)
+            v = [self.dcb_event(hostile and (i == 0 or self.chance(0.3))) for i in range(n)]
+            if self.chance(0.02):      # jsonb keeps the last of duplicated keys
+                v = Raw('[{"type": "T1", "data": 1, "type": "T2", "tags": ["a"], "tags": []}]',
+                        ok=True)
+                return jsonb_arg(v), [("T2", frozenset(), ("data", "1"))], True
+        return jsonb_arg(v), *self.dcb_events_model(v)
+
+    @staticmethod
+    def dcb_events_model(v):
+        if v is SQLNULL or isinstance(v, Raw) or not isinstance(v, list) or not v:
+            return None, False
+        out, ok = [], True
+        try:
+            for e in v:
+                if not isinstance(e, dict) or set(e) - {"type", "data", "data_base64", "tags"}:
+                    raise DcbBad()
+                if "type" not in e or ("data" in e) == ("data_base64" in e):
+                    raise DcbBad()
+                t = dcb_string(e["type"])
+                tags = dcb_strings(e["tags"]) if "tags" in e else frozenset()
+                if "data" in e:
+                    d = e["data"]
+                    if isinstance(d, Raw) and d.ok is not True:
+                        if d.ok is False:
+                            raise DcbBad()
+                        ok = None
+                    payload = ("data", dump_json(d))
+                else:
+                    b = e["data_base64"]
+                    if not isinstance(b, B64) or b.ok is False:
+                        raise DcbBad()
+                    if b.ok is None:
+                        ok = None
+                    payload = ("b64", b)
+                out.append((t, tags, payload))
+        except DcbBad:
+            return None, False
+        except DcbUnknown:
+            return None, None
+        return out, ok
+
+    def dcb_item(self, app, hostile: bool):
+        rng = self.rng
+        if hostile:
+            return rng.choice([
+                5, None, "s", [], [{"tags": ["a"]}], True, {}, {"types": [], "tags": []},
+                {"tags": []}, {"types": []}, {"tags": ["a"], "extra": 1}, {"Tags": ["a"]},
+                {"tags": ["a"], "": 1}, {"types": "T1"}, {"types": None}, {"tags": None},
+                {"types": 5}, {"tags": {"a": 1}}, {"tags": ["a", None]},
+                {"tags": [self.dcb_tag(bad=1)]}, {"types": [self.dcb_type(bad=1)]},
+                {"types": ["T1"], "tags": ["a", self.dcb_tag(bad=1)]}])
+        known = self.dcb.get(app)
+        item: Dict[str, Any] = {}
+        if known and self.chance(0.55):
+            _p, t, tags = rng.choice(known[-30:] if self.chance(0.7) else known)
+            if tags and self.chance(0.7):
+                item["tags"] = rng.sample(sorted(tags), rng.randint(1, min(3, len(tags))))
+                if self.chance(0.3):
+                    item["types"] = [t] + ([self.dcb_type()] if self.chance(0.3) else [])
+            else:
+                item["types"] = [t]
+        else:
+            if self.chance(0.6):
+                item["tags"] = [self.dcb_tag() for _ in range(rng.choice([1, 1, 2, 3]))]
+            if "tags" not in item or self.chance(0.4):
+                item["types"] = [self.dcb_type() for _ in range(rng.choice([1, 1, 2]))]
+        if self.chance(0.08):
+            item["tags"] = (item.get("tags") or ["a"]) * rng.choice([2, 50])   # duplicated
+        if self.chance(0.05):
+            item.setdefault("types", [])                  # empty beside the tags
+            item.setdefault("tags", [])
+            if not item["types"] and not item["tags"]:
+                item["tags"] = ["a"]
+        return item
+
+    def dcb_query(self, app, sql_null: bool):
+        """A query value (SQLNULL only where SQL NULL is allowed)."""
+        rng = self.rng
+        r = rng.random()
+        if sql_null and r < 0.15:
+            return SQLNULL
+        if r < 0.25:
+            return []
+        if r < 0.31:
+            return rng.choice([None, {}, 5, "s", {"tags": ["a"]}, [[]], [None],
+                               Raw(NESTED100_ARR, ok=False), Raw(DEEP10000_ARR, ok=False),
+                               Raw(DEEP10000_OBJ, ok=False)])
+        if r < 0.34:
+            # many items: each its own tag (a lock each in a condition), some known
+            items = [{"tags": ["many:%d" % i]} for i in range(DCB_MANY)]
+            items += [self.dcb_item(app, False) for _ in range(3)]
+            rng.shuffle(items)
+            return items
+        n = rng.choice([1, 1, 1, 2, 2, 3])
+        hostile = self.chance(0.12)
+        return [self.dcb_item(app, hostile and (i == 0 or self.chance(0.3))) for i in range(n)]
+
+    def dcb_head_of(self, app, items, after: int = 0) -> int:
+        """What es_dcb_head returns (the model)."""
+        last = after
+        for p, t, tags in self.dcb.get(app, []):
+            if p > after and dcb_matches(items, t, tags):
+                last = p
+        return last
+
+    def dcb_positions(self, app, items, after: int, max_count=None) -> List[int]:
+        out = [p for p, t, tags in self.dcb.get(app, []) if p > after and dcb_matches(items, t, tags)]
+        return out if max_count is None else out[:max_count]
+
+    def dcb_after_json(self, app, items):
+        """condition.after: mostly positions that reads give, else hostile."""
+        rng = self.rng
+        known = self.dcb.get(app, [])
+        r = rng.random()
+        if r < 0.35:
+            return self.dcb_head_of(app, items) if items != "bad" else 0
+        if r < 0.6 and known:
+            p = rng.choice(known)[0]
+            return p - rng.choice([0, 1])
+        if r < 0.67:
+            return 0
+        if r < 0.75:
+            return self.highest.get(app, 0)
+        return rng.choice([-1, 1.5, 1.0, 100.0, 2**63 - 1, 2**63, 2**64, -2**63, "5", None,
+                           True, [], {}, 1e300, -0.0, 0.5, Raw("1e1", num=10),
+                           Raw("10.000", num=10), Raw("0.0", num=0), Raw("-0", ok=None),
+                           Raw("1e-5", ok=False), Raw("12345678901234567890123", ok=False),
+                           Raw("9223372036854775807", num=2**63 - 1),
+                           Raw("9223372036854775808", ok=False), Raw("1e1000000", ok=False),
+                           Raw("-1e-1000", ok=None)])
+
+    def dcb_condition(self, app):
+        """The condition argument, and (model items, after) when it is valid,
+        the string "none" without a condition, DcbBad/DcbUnknown instances."""
+        rng = self.rng
+        r = rng.random()
+        if r < 0.3:
+            return jsonb_arg(SQLNULL), "none"
+        if r < 0.36:
+            c = rng.choice([Raw("null", ok=False), [], 5, "s", {}, {"after": 0},
+                            {"fail_if_events_match": None},
+                            {"fail_if_events_match": [], "after": 0, "extra": 1},
+                            {"fail_if_events_match": {"tags": ["a"]}},
+                            {"fail_if_events_match": "[]"}, {"FAIL_IF_EVENTS_MATCH": []},
+                            [{"fail_if_events_match": []}]])
+            return jsonb_arg(c), DcbBad()
+        q = self.dcb_query(app, sql_null=False)
+        try:
+            items = dcb_query_model(q)
+        except (DcbBad, DcbUnknown) as e:
+            items, err = "bad", e
+        else:
+            err = None
+        if r < 0.48:
+            # after from a real read, in the same statement
+            head_app = app if self.chance(0.9) else self.app_value()
+            qa = jsonb_arg(q)
+            arg = expr("jsonb_build_object('fail_if_events_match', {}, 'after', es_dcb_head({}, {}))",
+                       qa, lit(head_app, "text"), qa)
+            if err is not None:
+                return arg, err
+            return arg, (items, self.dcb_head_of(head_app, items))
+        c: Dict[str, Any] = {"fail_if_events_match": q}
+        if self.chance(0.93):
+            c["after"] = self.dcb_after_json(app, items)
+        if self.chance(0.02):
+            c[rng.choice(["extra", "After", ""])] = 1
+            err = DcbBad()
+        if err is None:
+            try:
+                after = dcb_after_model(c["after"]) if "after" in c else 0
+            except (DcbBad, DcbUnknown) as e:
+                err = e
+        if err is not None:
+            return jsonb_arg(c), err
+        return jsonb_arg(c), (items, after)
+
+    def c_dcb_append(self) -> Call:
+        app = self.app_value(self.chance(0.6))
+        events_arg, evs, ok = self.dcb_events()
+        cond_arg, cond = self.dcb_condition(app)
+        used: List[str] = []
+        a = self.render("es_dcb_append", [("application", lit(app, "text")), ("events", events_arg)],
+                        [("condition", cond_arg)], used=used)
+        if "condition" not in used:
+            cond = "none"
+        if isinstance(cond, DcbBad):
+            ok = False
+        elif isinstance(cond, DcbUnknown) and ok:
+            ok = None
+        # whether the condition fails: None when not known
+        if ok is False:
+            predict = None
+        elif cond == "none":
+            predict = False
+        elif isinstance(cond, tuple):
+            items, after = cond
+            predict = bool(self.dcb_positions(app, items, after, 1))
+        else:
+            predict = None
+        return Call("es_dcb_append", a, app, append=True,
+                    dcb=dict(events=evs, ok=ok, predict=predict, cond=cond,
+                             n=len(evs) if evs is not None else None))
+
+    def dcb_read_args(self, app):
+        rng = self.rng
+        known = self.dcb.get(app, [])
+        q = self.dcb_query(app, sql_null=True)
+        r = rng.random()
+        if r < 0.3:
+            after = None
+        elif r < 0.55 and known:
+            after = rng.choice(known)[0] - rng.choice([0, 1])
+        elif r < 0.65:
+            after = 0
+        elif r < 0.72:
+            after = self.highest.get(app, 0)
+        else:
+            after = rng.choice(BIGINTS)
+        return q, after
+
+    def c_dcb_read(self) -> Call:
+        rng = self.rng
+        app = self.app_value()
+        q, after = self.dcb_read_args(app)
+        max_count = rng.choice([None, None, 1, 2, 5, 1000]) if self.chance(0.7) else \
+            rng.choice(INTS)
+        used: List[str] = []
+        a = self.render("es_dcb_read", [("application", lit(app, "text"))],
+                        [("query", jsonb_arg(q)), ("after", lit(after, "bigint")),
+                         ("max_count", lit(max_count, "integer"))], srf=True, used=used)
+        return Call("es_dcb_read", a, app, srf=True,
+                    dcb_read=self.dcb_read_model(app, q if "query" in used else SQLNULL,
+                                                 after if "after" in used else None,
+                                                 max_count if "max_count" in used else None,
+                                                 True))
+
+    def c_dcb_head(self) -> Call:
+        app = self.app_value()
+        q, after = self.dcb_read_args(app)
+        used: List[str] = []
+        a = self.render("es_dcb_head", [("application", lit(app, "text"))],
+                        [("query", jsonb_arg(q)), ("after", lit(after, "bigint"))], used=used)
+        return Call("es_dcb_head", a, app,
+                    dcb_read=self.dcb_read_model(app, q if "query" in used else SQLNULL,
+                                                 after if "after" in used else None, None, False))
+
+    def dcb_read_model(self, app, q, after, max_count, rows: bool):
+        """What a read must return if it succeeds: ("rows", [(position, type,
+        tags)]) or ("head", position); ("bad",) if it cannot succeed; None if
+        not known here."""
+        try:
+            items = dcb_query_model(q)
+        except DcbBad:
+            return ("bad",)
+        except DcbUnknown:
+            return None
+        if after is not None and after < 0 or max_count is not None and (
+                max_count <= 0 or max_count > 2**31 - 1):
+            return ("bad",)
+        after = after or 0
+        if not rows:
+            return ("head", self.dcb_head_of(app, items, after))
+        want = set(self.dcb_positions(app, items, after, max_count))
+        return ("rows", [(p, t, dcb_sorted(tags)) for p, t, tags in self.dcb.get(app, [])
+                         if p in want])
+
     def c_direct(self) -> Call:
         """The trigger function, called as a plain function."""
         return Call("es_append_only_guard", Arg("SELECT eventsourcing_internal.es_append_only_guard()"), None)
@@ -978,7 +1519,9 @@ SELECT
   (SELECT md5(coalesce(string_agg(ctid::text || xmin::text, '|' ORDER BY ctid), '')) FROM es_seals),
   (SELECT md5(coalesce(string_agg(ctid::text || xmin::text, '|' ORDER BY ctid), ''))
      FROM es_snapshots),
-  (SELECT md5(coalesce(string_agg(ctid::text || xmin::text, '|' ORDER BY ctid), '')) FROM es_keys)
+  (SELECT md5(coalesce(string_agg(ctid::text || xmin::text, '|' ORDER BY ctid), '')) FROM es_keys),
+  (SELECT md5(coalesce(string_agg(ctid::text || xmin::text, '|' ORDER BY ctid), ''))
+     FROM es_dcb_index)
 """
 
 SETUP_SQL = """
@@ -1181,8 +1724,10 @@ class FuzzTest(unittest.TestCase):
                         [APP_A, '[{"op": "set", "path": "name", "from": "name"}, '
                                 '{"op": "append", "path": "items", "from": "trick"}, '
                                 '{"op": "add", "path": "total", "from": "amount"}]'])
+        self.dcb_stats = collections.Counter()
         for app in CORE_APPS:
             self.superuser_append(app, 8)
+            self.superuser_dcb_append(app, 4)
 
         role = self.connect_role()
         self.addCleanup(role.close)
@@ -1305,6 +1850,19 @@ class FuzzTest(unittest.TestCase):
                                    % (label, call.meta["forgotten"], state, msg))
                 if call.meta.get("forgotten"):
                     forgotten_refusals[state] += 1
+                dcb = call.meta.get("dcb")
+                if call.kind.startswith("es_dcb_"):
+                    self.dcb_stats["%s refused %s" % (call.kind, state)] += 1
+                if dcb is not None and state == "23505":
+                    if dcb["predict"] is False:
+                        self.fail_soft("%s\n  23505 (%s), though %s" % (
+                            label, msg, "it has no condition" if dcb["cond"] == "none" else
+                            "no event after %d matches its condition" % dcb["cond"][1]
+                            if isinstance(dcb["cond"], tuple) else "its condition is invalid"))
+                    self.dcb_stats["conditions failed (23505)"] += 1
+                    self.dcb_stats["23505 predicted"] += dcb["predict"] is True
+                elif dcb is not None and dcb["predict"]:
+                    self.dcb_stats["matching conditions refused before the check"] += 1
                 if call.meta.get("append") and call.meta.get("events") and call.app in (
                         {APP_A, APP_B} | fz.created):
                     fz.last_refused = (call.app, call.meta["events"])
@@ -1316,6 +1874,9 @@ class FuzzTest(unittest.TestCase):
                 del refused_since[call.app][:-20]
             else:
                 oks[call.kind] += 1
+                if call.meta.get("dcb_read") is not None or call.kind in ("es_dcb_read",
+                                                                           "es_dcb_head"):
+                    self.check_dcb_read(call, rows, label)
                 if call.kind in ("es_define_fold", "es_set_fold_function", "es_set_snapshot_every"):
                     settings[(call.kind, call.app, call.meta.get("topic"))] = \
                         "#%d %s" % (i, call.desc[:300])
@@ -1375,6 +1936,7 @@ class FuzzTest(unittest.TestCase):
             for state in sorted(examples, key=str):
                 self.report("  %s e.g. %s" % (state, examples[state]))
         self.report("es_fuzz_fold ran %d times, always as %s" % (fold_runs, ROLE))
+        self.report_dcb()
         self.report_encryption(forgotten_refusals, n_calls == done and crashed is None)
         self.report("slowest calls: " + "; ".join("%.2f s %s" % x for x in slowest))
         for (kind, state, msg), n in sorted(bad_errors.items(), key=str):
@@ -1391,8 +1953,12 @@ class FuzzTest(unittest.TestCase):
         app = call.app
         b_apps, a_apps = before["apps"], after["apps"]
         expected_tracking = dict(before["tracking"])
+        dcb = call.meta.get("dcb")
+        if dcb is not None:
+            ids = self.dcb_success(call, rows, label)
         if call.meta.get("append"):
-            ids = [r[0] for r in rows]
+            if dcb is None:
+                ids = [r[0] for r in rows]
             evs = call.meta.get("events")
             if evs is not None and len(ids) != len(evs):
                 self.fail_soft("%s\n  %d events recorded, %d ids returned" % (label, len(evs), len(ids)))
@@ -1421,6 +1987,8 @@ class FuzzTest(unittest.TestCase):
         try:
             if call.meta.get("append") and ids and call.meta.get("events") is not None:
                 self.check_stored(app, ids, call.meta["events"], label)
+            elif dcb is not None and ids and len(ids) == dcb["n"]:
+                self.check_dcb_stored(app, ids, dcb["events"], label)
             elif call.kind == "es_configure":
                 self.check_configure(call, label)
             elif call.kind == "es_forget":
@@ -1564,6 +2132,144 @@ class FuzzTest(unittest.TestCase):
             self.fail_soft("%s\n  id %s: %s (stored %s, state %s)"
                            % (label, r[0], problem, short(stored), short(state)))
 
+    # --- Dynamic Consistency Boundaries -----------------------------------------
+
+    def dcb_success(self, call, rows, label) -> List[int]:
+        """A successful es_dcb_append: it could succeed, its ids (as many as its
+        events, the last returned), and the model gains its events."""
+        fz, dcb, app = self.fz, call.meta["dcb"], call.app
+        self.dcb_stats["appends"] += 1
+        if dcb["ok"] is False:
+            self.fail_soft("%s\n  es_dcb_append succeeded, though its arguments are invalid" % label)
+        if dcb["predict"]:
+            items, after = dcb["cond"]
+            self.fail_soft("%s\n  es_dcb_append succeeded, though events after %d match its "
+                           "condition: positions %s" % (label, after,
+                                                        fz.dcb_positions(app, items, after)[:10]))
+        last = rows[0][0] if rows and len(rows) == 1 and len(rows[0]) == 1 else None
+        n = dcb["n"]
+        if not isinstance(last, int) or n is None:
+            self.fail_soft("%s\n  es_dcb_append returned %s for %s events" % (label, rows, n))
+            return []
+        self.dcb_stats["events"] += n
+        if dcb["cond"] != "none":
+            self.dcb_stats["conditions passed"] += 1
+        ids = list(range(last - n + 1, last + 1))
+        fz.dcb.setdefault(app, []).extend((p, t, tags) for p, (t, tags, _) in zip(ids, dcb["events"]))
+        return ids
+
+    def check_dcb_stored(self, app, ids, evs, label):
+        """The tagged events of a successful append, read back as the superuser:
+        at their positions, with their types and tags (sorted, distinct), the
+        data as sent (JSON as jsonb writes it, base64 as the bytes), indexed by
+        each tag and the type; stored as the application's settings say."""
+        fz = self.fz
+        lo, hi = ids[0], ids[-1]
+        kinds = [p[0] for _t, _g, p in evs]
+        payloads = [p[1] if p[0] == "data" else None for _t, _g, p in evs]
+        raws = [p[1].raw if p[0] == "b64" else None for _t, _g, p in evs]
+        rows = self.su.execute(
+            "SELECT r.position, r.type, r.tags, r.event_id, r.data_bytes, r.data IS NULL, "
+            "       CASE WHEN s.kind = 'data' "
+            "            THEN r.data IS NOT DISTINCT FROM s.payload::jsonb "
+            "                 AND r.data_bytes IS NOT DISTINCT FROM "
+            "                     convert_to(s.payload::jsonb::text, 'UTF8') "
+            "            ELSE (s.raw IS NULL OR r.data_bytes IS NOT DISTINCT FROM s.raw) "
+            "                 AND CASE WHEN r.data IS NULL THEN true "
+            "                          ELSE r.data = convert_from(r.data_bytes, 'UTF8')::jsonb END "
+            "       END "
+            "  FROM es_dcb_read(%s, NULL, %s, %s) r "
+            "  LEFT JOIN unnest(%s::text[], %s::text[], %s::bytea[]) "
+            "       WITH ORDINALITY s(kind, payload, raw, i) ON s.i = r.position - %s + 1 "
+            " ORDER BY r.position",
+            [app, lo - 1, len(ids), kinds, payloads, raws, lo]).fetchall()
+        if [r[0] for r in rows] != ids:
+            self.fail_soft("%s\n  es_dcb_read (as the superuser) after position %d gives positions "
+                           "%s, expected %s" % (label, lo - 1, [r[0] for r in rows][:10], ids[:10]))
+            return
+        stored = []
+        for r, (t, tags, (kind, p)) in zip(rows, evs):
+            pos, typ, got_tags, event_id, data_bytes, data_null, same = r
+            problem = None
+            if typ != t:
+                problem = "type %s, sent %s" % (short(typ), short(t))
+            elif list(got_tags) != dcb_sorted(tags):
+                problem = "tags %s, sent %s" % (short(got_tags), short(sorted(tags)))
+            elif not same:
+                problem = "data %s not as sent (%s %s)" % (
+                    short(data_bytes), kind, short(p if kind == "data" else p.raw))
+            elif kind == "data" and data_null:
+                problem = "data NULL, sent as JSON"
+            elif kind == "b64" and p.is_json is not None and data_null == p.is_json:
+                problem = "data %s, though the bytes %s JSON text" % (
+                    "NULL" if data_null else "not NULL", "are" if p.is_json else "are no")
+            if problem:
+                self.fail_soft("%s\n  tagged event at position %d: %s" % (label, pos, problem))
+            stored.append((str(event_id), 1, typ, bytes(data_bytes)))
+        index = self.su.execute(
+            "SELECT x.notification_id, x.kind::text, x.value FROM es_dcb_index x "
+            "  JOIN es_applications a ON a.id = x.application_id "
+            " WHERE a.name = %s AND x.notification_id BETWEEN %s AND %s", [app, lo, hi]).fetchall()
+        want = {(p, "y", t) for p, (t, _g, _d) in zip(ids, evs)} | \
+            {(p, "g", g) for p, (_t, tags, _d) in zip(ids, evs) for g in tags}
+        if set(index) != want or len(index) != len(want):
+            self.fail_soft("%s\n  es_dcb_index rows at positions %d..%d: %d, expected %d; "
+                           "missing %s, extra %s" % (label, lo, hi, len(index), len(want),
+                                                     short(sorted(want - set(index))),
+                                                     short(sorted(set(index) - want))))
+        self.check_stored(app, ids, stored, label)
+        # es_append, es_state, es_forget, ... meet tagged events' own aggregates
+        if fz.chance(0.3):
+            fz.versions[(app, fz.rng.choice(stored)[0])] = 1
+
+    def check_dcb_read(self, call, rows, label):
+        """A successful es_dcb_read or es_dcb_head returns what the model says."""
+        want = call.meta["dcb_read"]
+        self.dcb_stats[call.kind] += 1
+        if want is None:
+            return
+        if want[0] == "bad":
+            self.fail_soft("%s\n  %s succeeded, though its arguments are invalid" % (label, call.kind))
+        elif want[0] == "head":
+            got = rows[0][0] if rows and len(rows) == 1 else rows
+            if got != want[1]:
+                self.fail_soft("%s\n  es_dcb_head gave %s, expected %s" % (label, got, want[1]))
+            self.dcb_stats["heads checked"] += 1
+        else:
+            got = [(r[0], r[1], list(r[3]) if r[3] is not None else None) for r in rows]
+            self.dcb_stats["reads checked"] += 1
+            self.dcb_stats["rows read"] += len(got)
+            if got != want[1]:
+                diff = [(g, w) for g, w in zip(got, want[1]) if g != w][:3]
+                self.fail_soft("%s\n  es_dcb_read gave %d rows (positions %s), expected %d (%s); "
+                               "first differences (got, expected): %s"
+                               % (label, len(got), short([g[0] for g in got]), len(want[1]),
+                                  short([w[0] for w in want[1]]), short(diff)))
+
+    def report_dcb(self):
+        n = self.su.execute("SELECT count(*) FILTER (WHERE tags IS NOT NULL), "
+                            "       count(*) FILTER (WHERE tags IS NOT NULL AND stored_form = 1 "
+                            "                          AND get_byte(state, 1) & 2 = 2) "
+                            "  FROM es_stored_events").fetchone()
+        self.report("DCB: " + ", ".join("%s %d" % kv for kv in sorted(self.dcb_stats.items())) +
+                    "; %d tagged events stored (%d encrypted), the model has %d"
+                    % (n[0], n[1], sum(len(v) for v in self.fz.dcb.values())))
+
+    def superuser_dcb_append(self, app: str, calls: int):
+        fz = self.fz
+        for i in range(calls):
+            evs = [{"type": fz.rng.choice(DCB_TYPES),
+                    "data": {"seed": i, "k": j},
+                    "tags": fz.rng.sample(DCB_TAGS, fz.rng.randint(0, 3))}
+                   for j in range(fz.rng.randint(1, 3))]
+            (last,) = self.su.execute("SELECT es_dcb_append(%s, %s::jsonb)",
+                                      [app, dump_json(evs)]).fetchone()
+            h = fz.highest.get(app, 0)
+            self.assertEqual(last, h + len(evs))
+            fz.dcb.setdefault(app, []).extend(
+                (last - len(evs) + 1 + j, e["type"], frozenset(e["tags"])) for j, e in enumerate(evs))
+            fz.highest[app] = last
+
     def report_encryption(self, forgotten_refusals, complete):
         row = self.su.execute(
             "SELECT count(*) FILTER (WHERE stored_form = 1 AND get_byte(state, 1) & 2 = 2), "
@@ -1618,7 +2324,8 @@ def describe_diff(before, after) -> str:
             out.append("    application %r: %s -> %s" % (name, b, a))
     if before["tracking"] != after["tracking"]:
         out.append("    tracking: %s -> %s" % (before["tracking"], after["tracking"]))
-    tables = ["es_applications", "es_folds", "es_grants", "es_seals", "es_snapshots", "es_keys"]
+    tables = ["es_applications", "es_folds", "es_grants", "es_seals", "es_snapshots", "es_keys",
+              "es_dcb_index"]
     for t, b, a in zip(tables, before["digests"], after["digests"]):
         if a != b:
             out.append("    %s changed" % t)

@@ -64,6 +64,7 @@ cluster_port() {
         test) echo 54328 ;;
         bench) echo 54327 ;;
         pybench) echo 54330 ;;
+        bench-dcb) echo 54323 ;;
         client) echo 54325 ;;
         iso) echo 54324 ;;
         *) echo 54326 ;;
@@ -126,14 +127,17 @@ CONF
 }
 
 # For the benchmarks: builds and installs, starts the throwaway cluster
-# NAME (default 'bench') with the postgresql.conf lines read from stdin, stops
-# it when the script exits; sets RESULTS and a scratch directory WORK.
+# 'bench' with the postgresql.conf lines read from stdin, stops it when the
+# script exits; sets RESULTS and a scratch directory WORK.  BENCH_CLUSTER
+# names another cluster (a benchmark that may run beside run.sh, which
+# recreates 'bench', takes its own); BENCH_INSTALL=0 uses the installed
+# extension as it is (no build, no make install).
 bench_cluster() {
-    local name=${1:-bench}
+    local name=${BENCH_CLUSTER:-bench}
     ensure_packages
-    build_and_install
+    [ "${BENCH_INSTALL:-1}" = 0 ] || build_and_install
     cluster_start "$name" fresh
-    trap "cluster_stop $name" EXIT
+    trap "cluster_stop '$name'" EXIT
     as_pg tee -a "$(cluster_dir "$name")/data/postgresql.conf" >/dev/null
     cluster_stop "$name"; cluster_start "$name"; cluster_env "$name"
     RESULTS="$ROOT/test/bench/results"
