@@ -55,6 +55,7 @@ bench:
 	bash test/bench/crypto_bench.sh
 	bash test/bench/field.sh
 	bash test/bench/size.sh
+	bash test/bench/python_recorders.sh
 
 # The field's workload shapes, and costs against the size of the log.
 bench-field:

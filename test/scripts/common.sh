@@ -4,7 +4,11 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PG_MAJOR=15
-PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
+# ES_PG_BIN: the bin directory of another (relocated) copy of PostgreSQL;
+# build_and_install then installs into that copy, and clusters run from it.
+PG_BIN="${ES_PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}"
+# The system's pg_config: builds need its server headers (a copy has none).
+SYS_PG_CONFIG="/usr/lib/postgresql/$PG_MAJOR/bin/pg_config"
 PGXS_DIR="/usr/lib/postgresql/$PG_MAJOR/lib/pgxs"
 PG_USER=postgres
 PACKAGES=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-client-$PG_MAJOR
@@ -35,7 +39,7 @@ ensure_packages() {
 
 build_and_install() {
     log "building and installing the extension"
-    make -C "$ROOT" -s PG_CONFIG="$PG_BIN/pg_config" all >/dev/null
+    make -C "$ROOT" -s PG_CONFIG="$SYS_PG_CONFIG" all >/dev/null
     make -C "$ROOT" -s PG_CONFIG="$PG_BIN/pg_config" install >/dev/null
 }
 
@@ -52,11 +56,15 @@ cluster_dir() {
     fi
 }
 
+# ES_CLUSTER_PORT: another port for every cluster of this run (two checkouts
+# running the suite at once).
 cluster_port() {
+    if [ -n "${ES_CLUSTER_PORT:-}" ]; then echo "$ES_CLUSTER_PORT"; return; fi
     case $1 in
         demo) echo 54329 ;;
         test) echo 54328 ;;
         bench) echo 54327 ;;
+        pybench) echo 54330 ;;
         bench-dcb) echo 54323 ;;
         client) echo 54325 ;;
         iso) echo 54324 ;;

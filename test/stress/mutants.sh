@@ -71,7 +71,7 @@ build() {
     if cmp -s "$d/src/ordering.c" "$WORK/ordering.orig"; then
         echo "mutant $m does not apply to src/ordering.c any more" >&2; return 1
     fi
-    make -C "$d" -s PG_CONFIG="$PG_BIN/pg_config" all >"$WORK/build.log" 2>&1 \
+    make -C "$d" -s PG_CONFIG="$SYS_PG_CONFIG" all >"$WORK/build.log" 2>&1 \
         && make -C "$d" -s PG_CONFIG="$PG_BIN/pg_config" install >>"$WORK/build.log" 2>&1 \
         || { cat "$WORK/build.log" >&2; return 1; }
 }

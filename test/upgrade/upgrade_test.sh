@@ -141,7 +141,7 @@ mkdir -p "$TMP/old"
 if ! git -C "$ROOT" archive "$OLD_REV" 2>"$OUTD/git.err" | tar -x -C "$TMP/old" 2>>"$OUTD/git.err"; then
     bail "git archive $OLD_REV (needs the repository's history)" "$OUTD/git.err"
 fi
-make -C "$TMP/old" -s -j2 PG_CONFIG="$PG_BIN/pg_config" all >"$OUTD/build-old.log" 2>&1 \
+make -C "$TMP/old" -s -j2 PG_CONFIG="$SYS_PG_CONFIG" all >"$OUTD/build-old.log" 2>&1 \
     || bail "build $OLD_VERSION (git $OLD_REV)" "$OUTD/build-old.log"
 make -C "$TMP/old" -s PG_CONFIG="$CP_BIN/pg_config" install >>"$OUTD/build-old.log" 2>&1 \
     || bail "install $OLD_VERSION into the copy" "$OUTD/build-old.log"
@@ -203,7 +203,7 @@ echo "# new default_version: ${NEW_VERSION:-(none)}; scripts: $(cd "$TMP/new/sql
 check "the working tree's default_version ($NEW_VERSION) is not $OLD_VERSION" test -n "$NEW_VERSION" -a "$NEW_VERSION" != "$OLD_VERSION"
 check "the working tree has the upgrade script sql/eventsourcing--$OLD_VERSION--$NEW_VERSION.sql" \
     test -f "$TMP/new/sql/eventsourcing--$OLD_VERSION--$NEW_VERSION.sql"
-make -C "$TMP/new" -s -j2 PG_CONFIG="$PG_BIN/pg_config" all >"$OUTD/build-new.log" 2>&1 \
+make -C "$TMP/new" -s -j2 PG_CONFIG="$SYS_PG_CONFIG" all >"$OUTD/build-new.log" 2>&1 \
     || bail "build the working tree (a copy in $TMP/new)" "$OUTD/build-new.log"
 make -C "$TMP/new" -s PG_CONFIG="$CP_BIN/pg_config" install >>"$OUTD/build-new.log" 2>&1 \
     || bail "install the working tree's build into the copy" "$OUTD/build-new.log"
