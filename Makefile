@@ -56,6 +56,7 @@ bench:
 	bash test/bench/field.sh
 	bash test/bench/size.sh
 	bash test/bench/python_recorders.sh
+	bash test/bench/proxy.sh
 
 # The field's workload shapes, and costs against the size of the log.
 bench-field:

@@ -68,6 +68,10 @@ cluster_port() {
         bench-dcb) echo 54323 ;;
         client) echo 54325 ;;
         iso) echo 54324 ;;
+        bench-proxy) echo 54310 ;;
+        bench-shard0) echo 54311 ;;
+        bench-shard1) echo 54312 ;;
+        bench-shard2) echo 54313 ;;
         *) echo 54326 ;;
     esac
 }
