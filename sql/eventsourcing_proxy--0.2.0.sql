@@ -72,6 +72,9 @@ CREATE TRIGGER es_proxy_shards_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNC
 --------------------------------------------------------------------------
 
 CREATE SCHEMA IF NOT EXISTS plproxy;
+-- PL/Proxy calls them as the caller, whoever that is (they read the
+-- tables as their owner).
+GRANT USAGE ON SCHEMA plproxy TO PUBLIC;
 
 CREATE FUNCTION plproxy.get_cluster_version(cluster_name text)
 RETURNS integer

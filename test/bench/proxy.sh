@@ -201,7 +201,7 @@ done
     d1=$(mean ${LAT[direct1,1]:-0}); p1=$(mean ${LAT[proxy1,1]:-0})
     dc=$(mean ${TPS[direct1,$MAXC]}); pc=$(mean ${TPS[proxy1,$MAXC]})
     pcpu=$(mean ${CPU[proxy1,$MAXC,p]}); scpu=$(mean ${CPU[direct1,$MAXC,s]}); scpu_p=$(mean ${CPU[proxy1,$MAXC,s]})
-    echo "Derived: the proxy hop adds $(awk -v a="$p1" -v b="$d1" 'BEGIN {printf "%.3f", a - b}') ms to a call at 1 client ($d1 ms direct, $p1 ms through the proxy); at $MAXC clients on this shared machine the proxy to one shard gives $(ratio "$pc" "$dc")x the direct throughput. A call costs the proxy $pcpu ms of CPU and the shard $scpu ms directly ($scpu_p ms when called through the proxy: PL/Proxy's connection is one more client session)."
+    echo "Derived: the proxy hop adds $(awk -v a="$p1" -v b="$d1" 'BEGIN {printf "%.3f", a - b}') ms to a call at 1 client ($d1 ms direct, $p1 ms through the proxy); at $MAXC clients on this shared machine the proxy to one shard gives $(ratio "$pc" "$dc")x the direct throughput. A call costs the proxy $pcpu ms of CPU and the shard $scpu ms directly ($scpu_p ms when called through the proxy, which sends every call as a query the shard parses and plans anew)."
     echo
     cap_d=$(awk -v n="$(nproc)" -v c="$scpu" 'BEGIN {printf "%.0f", n * 1000 / c}')
     cap_s=$(awk -v n="$(nproc)" -v c="$scpu_p" 'BEGIN {printf "%.0f", n * 1000 / c}')

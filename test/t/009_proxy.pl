@@ -110,6 +110,18 @@ is(P("SELECT count(*) FROM es_status"), '11', 'es_status through the proxy lists
 is(P("SELECT follower || ' ' || position || ' ' || head_id || ' ' || lag FROM es_followers"),
 	'dogschool_projection 3 4 1', 'es_followers through the proxy: the position from one shard, the head from another');
 
+# Privileges as an ordinary role: PL/Proxy connects to the shard as the
+# calling role, and the shard checks its privileges per application.
+$shards[$_]->safe_psql("es_shard$_", 'CREATE ROLE clerk LOGIN') for 0 .. 2;
+P('CREATE ROLE clerk LOGIN');
+P("SELECT es_grant('app1', 'clerk', 'read')");
+is(P("SET ROLE clerk; SELECT count(*) FROM es_select('app1', 1, 10)"), '0', 'privileges: a role with read reads through the proxy');
+like(P_err("SET ROLE clerk; SELECT es_append('app1', gen_random_uuid(), 1, 'T', '\\x00')"),
+	qr/ERROR:  42501: .*\[es_shard\d\] REMOTE ERROR: .*app1/, 'privileges: ... but may not append (42501 from its shard)');
+like(P_err("SET ROLE clerk; SELECT es_max_notification_id('app2')"), qr/ERROR:  42704: /,
+	'privileges: ... and an application it holds nothing on is unknown to it (42704)');
+is(P("SET ROLE clerk; SELECT count(*) FROM es_status"), '1', 'privileges: es_status through the proxy lists what it may see');
+
 # --- 2. The ordered-log stress, a shard killed mid-load ----------------------
 my $victim = $shard_of{app1};
 my $victim_node = $shards[$victim];
@@ -186,7 +198,7 @@ is(P("SELECT count(*) FROM (SELECT unnest(ARRAY['" . join("','", @apps) . "']) a
 	'after: every application\'s log verifies (es_verify_log through the proxy)');
 
 # --- 3. Moving an application between shards --------------------------------
-my $mover = $down_app;
+my $mover = $down_app;    # app1: clerk may read it
 my $from = $shard_of{$mover};
 my $to = ($from + 1) % 3;
 P("SELECT es_append('$mover', ARRAY[]::es_event[], 'dogschool', 2)");
@@ -229,6 +241,7 @@ is($shards[$to]->safe_psql("es_shard$to",
 	"SELECT string_agg(seal_id || ':' || last_notification_id || ':' || encode(digest, 'hex'), ',' ORDER BY seal_id) FROM es_seals s JOIN es_applications a ON a.id = s.application_id WHERE a.name = '$mover'"),
 	$seals_before, 'move: the seals are the same');
 is(P("SELECT es_tracking_position('$mover', 'dogschool')"), '2', 'move: its tracking position is kept');
+is(P("SET ROLE clerk; SELECT count(*) > 0 FROM es_select('$mover', 1, 10)"), 't', 'move: its grants are kept (clerk reads it on the target)');
 is(P(qq{SELECT string_agg(position || ':' || tags::text, ',') FROM es_dcb_read('$mover', '[{"tags": ["y"]}]')}), $tagged_before,
 	'move: its tagged events are found by tag on the target');
 my $max = P("SELECT es_max_notification_id('$mover')");
