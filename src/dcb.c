@@ -182,20 +182,6 @@ typedef struct EsDcbEventIn
  * ------------------------------------------------------------------------
  */
 
-static int
-EsCompareTextP(const void *a, const void *b)
-{
-	text	   *ta = *(text *const *) a;
-	text	   *tb = *(text *const *) b;
-	int			la = VARSIZE_ANY_EXHDR(ta);
-	int			lb = VARSIZE_ANY_EXHDR(tb);
-	int			c = memcmp(VARDATA_ANY(ta), VARDATA_ANY(tb), Min(la, lb));
-
-	if (c != 0)
-		return c;
-	return (la > lb) - (la < lb);
-}
-
 /* Sorts texts (byte order, as COLLATE "C") and drops duplicates; returns the count. */
 static int
 EsSortDistinct(text **v, int n)
@@ -204,9 +190,9 @@ EsSortDistinct(text **v, int n)
 
 	if (n <= 1)
 		return n;
-	qsort(v, n, sizeof(text *), EsCompareTextP);
+	qsort(v, n, sizeof(text *), EsCompareTextPtrs);
 	for (int i = 0; i < n; i++)
-		if (out == 0 || EsCompareTextP(&v[out - 1], &v[i]) != 0)
+		if (out == 0 || EsCompareTextPtrs(&v[out - 1], &v[i]) != 0)
 			v[out++] = v[i];
 	return out;
 }
@@ -614,7 +600,7 @@ EsSubset(text **want, int nwant, Datum *have, int nhave)
 		int			c = 1;
 
 		while (j < nhave &&
-			   (c = EsCompareTextP(&want[i], (text **) &have[j])) > 0)
+			   (c = EsCompareTextPtrs(&want[i], (text **) &have[j])) > 0)
 			j++;
 		if (j == nhave || c != 0)
 			return false;
@@ -634,7 +620,7 @@ EsDcbMatch(const EsDcbQuery *q, text *type, Datum *tags, int ntags)
 		const EsDcbItem *item = &q->items[i];
 
 		if (item->ntypes > 0 &&
-			bsearch(&type, item->types, item->ntypes, sizeof(text *), EsCompareTextP) == NULL)
+			bsearch(&type, item->types, item->ntypes, sizeof(text *), EsCompareTextPtrs) == NULL)
 			continue;
 		if (EsSubset(item->tags, item->ntags, tags, ntags))
 			return i;
@@ -846,7 +832,7 @@ EsDcbScanWalks(EsDcbScan *s, const EsDcbQuery *q, int64 after, Snapshot walk_sna
 
 			CHECK_FOR_INTERRUPTS();
 			for (j = 0; j < n; j++)
-				if (kinds[j] == kind && EsCompareTextP(&values[j], &value) == 0)
+				if (kinds[j] == kind && EsCompareTextPtrs(&values[j], &value) == 0)
 					break;
 			if (j == n)
 			{
@@ -1279,57 +1265,30 @@ EsDcbEmit(EsDcbSink *sink, const EsApp *app, TupleTableSlot *ev, int64 id)
 	return sink->count < sink->max_count;
 }
 
-/*
- * The empty query: the log's own primary key, with the same two rules, tagged
- * events only.
- */
+/* The empty query: the log's own primary key, tagged events only. */
 static void
-EsDcbReadAll(const EsApp *app, int64 after, EsDcbSink *sink)
+EsDcbWalkLog(EsDcbScan *s, int64 after, int64 limit, EsDcbSink *sink)
 {
-	Snapshot	snapshot;
-	EsDcbScan	s;
-	EsGapResolver resolver;
 	EsDcbWalk	w;
-	int64		limit;
 
-	if (after == PG_INT64_MAX)
-		return;
-	snapshot = RegisterSnapshot(GetActiveSnapshot());
-	EsDcbScanBegin(&s, app, snapshot);
-	EsGapResolverInit(&resolver, &app->rels, s.events, s.events_pkey, app->id, snapshot);
-	limit = EsGapSettle(&resolver, after + 1);
-	EsGapResolverEnd(&resolver);
-	EsDcbWalkBeginLog(&w, s.events, s.events_pkey, SnapshotAny, app->id, after);
-	while (EsDcbWalkNext(&w, snapshot) && !w.pending && w.id < limit)
+	EsDcbWalkBeginLog(&w, s->events, s->events_pkey, SnapshotAny, s->app->id, after);
+	while (EsDcbWalkNext(&w, s->snapshot) && !w.pending && w.id < limit)
 	{
 		slot_getallattrs(w.slot);
-		if (!w.slot->tts_isnull[Anum_es_tags - 1] && !EsDcbEmit(sink, app, w.slot, w.id))
+		if (!w.slot->tts_isnull[Anum_es_tags - 1] && !EsDcbEmit(sink, s->app, w.slot, w.id))
 			break;
 	}
 	EsDcbWalkEnd(&w);
-	EsDcbScanEnd(&s);
-	UnregisterSnapshot(snapshot);
 }
 
-/* A query's walks merged in position order, stopping as the essay says. */
+/* A query's walks of es_dcb_index, merged in position order. */
 static void
-EsDcbReadQuery(const EsApp *app, const EsDcbQuery *q, int64 after, EsDcbSink *sink)
+EsDcbWalkQuery(EsDcbScan *s, const EsDcbQuery *q, int64 after, int64 limit, EsDcbSink *sink)
 {
-	Snapshot	snapshot;
-	EsDcbScan	s;
-	EsGapResolver resolver;
-	int64		limit;
+	const EsApp *app = s->app;
+	Snapshot	snapshot = s->snapshot;
 
-	if (after == PG_INT64_MAX)
-		return;
-	snapshot = RegisterSnapshot(GetActiveSnapshot());
-	EsDcbScanBegin(&s, app, snapshot);
-	/* Rule (a): wait out the writers still inserting ids handed out before now. */
-	EsGapResolverInit(&resolver, &app->rels, s.events, s.events_pkey, app->id, snapshot);
-	limit = EsGapSettle(&resolver, after + 1);
-	EsGapResolverEnd(&resolver);
-	/* Rule (b), on each walk's rows. */
-	EsDcbScanWalks(&s, q, after, SnapshotAny);
+	EsDcbScanWalks(s, q, after, SnapshotAny);
 	for (;;)
 	{
 		int64		id = PG_INT64_MAX;
@@ -1338,20 +1297,20 @@ EsDcbReadQuery(const EsApp *app, const EsDcbQuery *q, int64 after, EsDcbSink *si
 		bool		any = false;
 		TupleTableSlot *ev;
 
-		for (int j = 0; j < s.nwalks; j++)
-			if (!s.walks[j].done && (!any || s.walks[j].id < id))
+		for (int j = 0; j < s->nwalks; j++)
+			if (!s->walks[j].done && (!any || s->walks[j].id < id))
 			{
-				id = s.walks[j].id;
+				id = s->walks[j].id;
 				any = true;
 			}
 		if (!any || id >= limit)
 			break;
-		for (int j = 0; j < s.nwalks; j++)
-			if (!s.walks[j].done && s.walks[j].id == id)
+		for (int j = 0; j < s->nwalks; j++)
+			if (!s->walks[j].done && s->walks[j].id == id)
 			{
-				pending |= s.walks[j].pending;
-				proven |= s.walks[j].proves >= 0;
-				(void) EsDcbWalkNext(&s.walks[j], snapshot);
+				pending |= s->walks[j].pending;
+				proven |= s->walks[j].proves >= 0;
+				(void) EsDcbWalkNext(&s->walks[j], snapshot);
 			}
 		if (pending)
 			break;
@@ -1361,15 +1320,42 @@ EsDcbReadQuery(const EsApp *app, const EsDcbQuery *q, int64 after, EsDcbSink *si
 			(void) EsDcbEmit(sink, app, NULL, id);
 			continue;
 		}
-		ev = EsDcbFetch(&s, id);
+		ev = EsDcbFetch(s, id);
 		if (ev == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("es_dcb_index names position " INT64_FORMAT " of application \"%s\", which has no event",
 							id, app->cname)));
-		if ((proven || EsDcbSlotMatch(q, ev, s.matchcxt) >= 0) && !EsDcbEmit(sink, app, ev, id))
+		if ((proven || EsDcbSlotMatch(q, ev, s->matchcxt) >= 0) && !EsDcbEmit(sink, app, ev, id))
 			break;
 	}
+}
+
+/*
+ * The read: the matching tagged events after `after`, stopping before the
+ * first that could still become visible (the essay's two rules).
+ */
+static void
+EsDcbReadLog(const EsApp *app, const EsDcbQuery *q, int64 after, EsDcbSink *sink)
+{
+	Snapshot	snapshot;
+	EsDcbScan	s;
+	EsGapResolver resolver;
+	int64		limit;
+
+	if (after == PG_INT64_MAX)
+		return;					/* nothing can come after the last bigint */
+	snapshot = RegisterSnapshot(GetActiveSnapshot());
+	EsDcbScanBegin(&s, app, snapshot);
+	/* Rule (a): wait out the writers still inserting ids handed out before now. */
+	EsGapResolverInit(&resolver, &app->rels, s.events, s.events_pkey, app->id, snapshot);
+	limit = EsGapSettle(&resolver, after + 1);
+	EsGapResolverEnd(&resolver);
+	/* Rule (b), on each walk's rows. */
+	if (q->all)
+		EsDcbWalkLog(&s, after, limit, sink);
+	else
+		EsDcbWalkQuery(&s, q, after, limit, sink);
 	EsDcbScanEnd(&s);
 	UnregisterSnapshot(snapshot);
 }
@@ -1387,10 +1373,7 @@ EsDcbRead(FunctionCallInfo fcinfo, EsDcbSink *sink, int64 *after_out)
 	*after_out = after;
 	EsOpenAppByName(&app, application, ES_PRIV_READ);
 	sink->last = after;
-	if (q.all)
-		EsDcbReadAll(&app, after, sink);
-	else
-		EsDcbReadQuery(&app, &q, after, sink);
+	EsDcbReadLog(&app, &q, after, sink);
 }
 
 /*

@@ -39,8 +39,9 @@ typedef struct EsTopicFilter
 	text	  **topics;
 } EsTopicFilter;
 
-static int
-EsCompareText(const void *a, const void *b)
+/* qsort/bsearch order of text pointers: bytes, as COLLATE "C" (also dcb.c's). */
+int
+EsCompareTextPtrs(const void *a, const void *b)
 {
 	text	   *ta = *(text *const *) a;
 	text	   *tb = *(text *const *) b;
@@ -81,7 +82,7 @@ EsParseTopics(FunctionCallInfo fcinfo, int argno, EsTopicFilter *filter)
 		filter->topics[i] = DatumGetTextPP(elems[i]);
 	}
 	filter->n = n;
-	qsort(filter->topics, n, sizeof(text *), EsCompareText);
+	qsort(filter->topics, n, sizeof(text *), EsCompareTextPtrs);
 }
 
 static bool
@@ -92,7 +93,7 @@ EsTopicMatches(const EsTopicFilter *filter, Datum topic)
 	if (filter->n < 0)
 		return true;
 	t = DatumGetTextPP(topic);
-	return bsearch(&t, filter->topics, filter->n, sizeof(text *), EsCompareText) != NULL;
+	return bsearch(&t, filter->topics, filter->n, sizeof(text *), EsCompareTextPtrs) != NULL;
 }
 
 /*

@@ -34,6 +34,7 @@ extern void EsLogScanBegin(EsLogScan *s, const EsRelations *rels, int32 app_id,
 extern struct TupleTableSlot *EsLogScanNext(EsLogScan *s, int64 *id);
 extern void EsLogScanEnd(EsLogScan *s);
 
+extern int	EsCompareTextPtrs(const void *a, const void *b);
 extern int64 EsReadableHead(const EsRelations *rels, int32 app_id, int64 after);
 
 /* The state of the event in slot, as given (NULL if its aggregate was forgotten). */
