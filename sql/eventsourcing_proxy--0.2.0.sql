@@ -688,12 +688,33 @@ END $$;
 COMMENT ON FUNCTION @extschema@.es_proxy_adopt() IS
     'Records the placement of every application found on a shard that has none yet (created there directly, say); returns how many.';
 
+-- Connection strings are readable by every caller of the proxy (PL/Proxy
+-- reads them through plproxy.get_cluster_partitions as the caller), so they
+-- must not carry secrets: passwords go in the proxy server's ~/.pgpass.
+CREATE FUNCTION @extschema@.es_proxy_check_connstr(connstr text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF connstr IS NULL OR btrim(connstr) = '' THEN
+        RAISE EXCEPTION 'connstr must be a libpq connection string' USING ERRCODE = '22023';
+    END IF;
+    IF connstr ~* '(^|[^a-z_])(ssl)?password\s*=' OR connstr ~ '^postgres(ql)?://[^/@?]*:[^/@?]*@' THEN
+        RAISE EXCEPTION 'connstr must not hold a password'
+            USING ERRCODE = '22023',
+                  DETAIL = 'Every role that calls the proxy can read the connection strings of the shards.',
+                  HINT = 'Put the password in the proxy server''s ~/.pgpass (or PGPASSFILE) instead.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION @extschema@.es_proxy_check_connstr(text) IS
+    'Refuses an empty connection string or one that holds a password (22023): every caller of the proxy can read them.';
+
 CREATE FUNCTION @extschema@.es_proxy_add_shard(connstr text)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n integer;
 BEGIN
+    PERFORM @extschema@.es_proxy_check_connstr(connstr);
     -- No application is placed by the old shard count while this runs.
     LOCK TABLE @extschema@.es_proxy_placements IN EXCLUSIVE MODE;
     LOCK TABLE @extschema@.es_proxy_shards IN EXCLUSIVE MODE;
@@ -734,6 +755,7 @@ CREATE FUNCTION @extschema@.es_proxy_set_shard(shard integer, connstr text)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM @extschema@.es_proxy_check_connstr(connstr);
     UPDATE @extschema@.es_proxy_shards s SET connstr = es_proxy_set_shard.connstr
     WHERE s.shard = es_proxy_set_shard.shard;
     IF NOT FOUND THEN

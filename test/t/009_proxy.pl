@@ -60,6 +60,10 @@ sub P_err
 
 P('CREATE EXTENSION eventsourcing_proxy CASCADE');
 is(P("SELECT es_proxy_configure(ARRAY['" . join("', '", @connstr) . "'])"), '3', 'proxy: three shards configured');
+like(P_err("SELECT es_proxy_set_shard(0, '$connstr[0] password=secret')"), qr/22023.*must not hold a password/s,
+	'proxy: a connection string with a password is refused (every caller could read it)');
+like(P_err("SELECT es_proxy_add_shard('postgresql://u:secret\@localhost/x')"), qr/22023.*must not hold a password/s,
+	'proxy: and a URI with one');
 
 # --- 1. The DogSchool through the proxy -----------------------------------
 P("SELECT es_create_application('dogschool')");
