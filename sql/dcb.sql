@@ -176,6 +176,20 @@ SET LOCAL eventsourcing.allow_rewrite = on;
 UPDATE es_stored_events SET topic = 'Renamed' WHERE notification_id = 1;
 SELECT kind, notification_id, problem FROM es_verify_log('dcb');
 ROLLBACK;
+-- the index conditions trust is checked against the events: a row taken
+-- away (a condition on that tag would miss the event) or added by hand
+BEGIN;
+SET LOCAL eventsourcing.allow_rewrite = on;
+DELETE FROM es_dcb_index WHERE kind = 'g' AND value = 'b' AND notification_id = 1;
+SELECT array_agg(position) AS b_now_misses_1 FROM es_dcb_read('dcb', '[{"tags": ["b"]}]');
+SELECT kind, notification_id, problem, detail FROM es_verify_log('dcb');
+ROLLBACK;
+BEGIN;
+SET LOCAL eventsourcing.allow_rewrite = on;
+INSERT INTO es_dcb_index SELECT id, 'g', 'forged', 2 FROM es_applications WHERE name = 'dcb';
+INSERT INTO es_dcb_index SELECT id, 'y', 'Opened', 7 FROM es_applications WHERE name = 'dcb';
+SELECT kind, notification_id, problem, detail FROM es_verify_log('dcb');
+ROLLBACK;
 
 -- 7. Compression and encryption apply to tagged events; each has its own
 -- data key, so one event can be forgotten.

@@ -130,6 +130,7 @@
 
 #include "append.h"
 #include "codec.h"
+#include "dcb.h"
 #include "integrity.h"
 #include "read.h"
 
@@ -1419,4 +1420,177 @@ es_dcb_head(PG_FUNCTION_ARGS)
 	sink.max_count = PG_INT64_MAX;
 	EsDcbRead(fcinfo, &sink, &after);
 	PG_RETURN_INT64(sink.last);
+}
+
+/* ------------------------------------------------------------------------
+ * Verification (es_verify_log): the index against the events
+ * ------------------------------------------------------------------------
+ */
+
+/* Is there a visible es_dcb_index row (kind, value, id) of the application? */
+static bool
+EsDcbIndexHas(Relation rel, Relation idx, Snapshot snapshot, TupleTableSlot *slot,
+			  int32 app_id, char kind, text *value, int64 id)
+{
+	ScanKeyData keys[4];
+	IndexScanDesc scan;
+	bool		found;
+
+	ScanKeyInit(&keys[0], Anum_dcb_application_id, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
+	ScanKeyInit(&keys[1], Anum_dcb_kind, BTEqualStrategyNumber, F_CHAREQ, CharGetDatum(kind));
+	ScanKeyEntryInitialize(&keys[2], 0, Anum_dcb_value, BTEqualStrategyNumber, InvalidOid,
+						   C_COLLATION_OID, F_TEXTEQ, PointerGetDatum(value));
+	ScanKeyInit(&keys[3], Anum_dcb_notification_id, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
+	scan = index_beginscan(rel, idx, snapshot, 4, 0);
+	index_rescan(scan, keys, 4, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	index_endscan(scan);
+	return found;
+}
+
+/*
+ * Conditions and reads trust es_dcb_index, so es_verify_log checks it: every
+ * tagged event has its rows (one per tag, one for its type: a few index
+ * probes per tagged event, made during es_verify_log's own walk of the
+ * events), and the index holds no other row (counted at the end; the rows
+ * are looked at one by one only when the count is off).
+ */
+struct EsDcbVerifier
+{
+	const EsRelations *rels;
+	int32		app_id;
+	EsDcbProblemFn report;
+	void	   *arg;
+	Relation	rel;
+	Relation	idx;
+	Snapshot	snapshot;
+	TupleTableSlot *row;
+	MemoryContext cxt;
+	int64		needed;
+};
+
+EsDcbVerifier *
+EsDcbVerifyBegin(const EsRelations *rels, int32 app_id, EsDcbProblemFn report, void *arg)
+{
+	EsDcbVerifier *v = palloc0(sizeof(EsDcbVerifier));
+
+	v->rels = rels;
+	v->app_id = app_id;
+	v->report = report;
+	v->arg = arg;
+	v->rel = table_open(rels->dcb_index, AccessShareLock);
+	v->idx = index_open(rels->dcb_index_pkey, AccessShareLock);
+	v->snapshot = RegisterSnapshot(GetActiveSnapshot());
+	v->row = table_slot_create(v->rel, NULL);
+	v->cxt = AllocSetContextCreate(CurrentMemoryContext, "es_dcb verify", ALLOCSET_SMALL_SIZES);
+	return v;
+}
+
+/* One event of the log (all attributes in the slot); aggregate events pass. */
+void
+EsDcbVerifyEvent(EsDcbVerifier *v, TupleTableSlot *ev)
+{
+	int64		id;
+	text	   *type;
+	Datum	   *tags;
+	int			ntags;
+	MemoryContext old;
+
+	if (ev->tts_isnull[Anum_es_tags - 1])
+		return;
+	old = MemoryContextSwitchTo(v->cxt);
+	id = DatumGetInt64(ev->tts_values[Anum_es_notification_id - 1]);
+	type = DatumGetTextPP(ev->tts_values[Anum_es_topic - 1]);
+	EsDcbSlotTags(ev, &tags, &ntags);
+	v->needed += ntags + 1;
+	if (!EsDcbIndexHas(v->rel, v->idx, v->snapshot, v->row, v->app_id, ES_DCB_TYPE, type, id))
+		v->report(v->arg, id, "missing index row",
+				  psprintf("es_dcb_index has no row for the type \"%s\" of the tagged event at position " INT64_FORMAT ": queries by that type would miss it.",
+						   text_to_cstring(type), id));
+	for (int t = 0; t < ntags; t++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (!EsDcbIndexHas(v->rel, v->idx, v->snapshot, v->row, v->app_id, ES_DCB_TAG, DatumGetTextPP(tags[t]), id))
+			v->report(v->arg, id, "missing index row",
+					  psprintf("es_dcb_index has no row for the tag \"%s\" of the tagged event at position " INT64_FORMAT ": conditions and queries on that tag would miss it.",
+							   TextDatumGetCString(tags[t]), id));
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(v->cxt);
+}
+
+void
+EsDcbVerifyEnd(EsDcbVerifier *v)
+{
+	ScanKeyData key;
+	IndexScanDesc scan;
+	int64		held = 0;
+
+	ScanKeyInit(&key, Anum_dcb_application_id, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(v->app_id));
+	scan = index_beginscan(v->rel, v->idx, v->snapshot, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, v->row))
+	{
+		CHECK_FOR_INTERRUPTS();
+		held++;
+	}
+	index_endscan(scan);
+	if (held != v->needed)
+	{
+		EsDcbScan	s;
+		EsApp		app;
+
+		memset(&app, 0, sizeof(app));
+		app.rels = *v->rels;
+		app.id = v->app_id;
+		EsDcbScanBegin(&s, &app, v->snapshot);
+		scan = index_beginscan(v->rel, v->idx, v->snapshot, 1, 0);
+		index_rescan(scan, &key, 1, NULL, 0);
+		while (index_getnext_slot(scan, ForwardScanDirection, v->row))
+		{
+			bool		isnull;
+			int64		id = DatumGetInt64(slot_getattr(v->row, Anum_dcb_notification_id, &isnull));
+			char		kind = DatumGetChar(slot_getattr(v->row, Anum_dcb_kind, &isnull));
+			text	   *value = DatumGetTextPP(slot_getattr(v->row, Anum_dcb_value, &isnull));
+			TupleTableSlot *e = EsDcbFetch(&s, id);
+			bool		ok = false;
+
+			CHECK_FOR_INTERRUPTS();
+			if (e != NULL && !e->tts_isnull[Anum_es_tags - 1])
+			{
+				MemoryContext old = MemoryContextSwitchTo(v->cxt);
+
+				if (kind == ES_DCB_TYPE)
+				{
+					text	   *type = DatumGetTextPP(e->tts_values[Anum_es_topic - 1]);
+
+					ok = EsCompareTextPtrs(&value, &type) == 0;
+				}
+				else if (kind == ES_DCB_TAG)
+				{
+					Datum	   *tags;
+					int			ntags;
+					text	   *want[1];
+
+					want[0] = value;
+					EsDcbSlotTags(e, &tags, &ntags);
+					ok = EsSubset(want, 1, tags, ntags);
+				}
+				MemoryContextSwitchTo(old);
+				MemoryContextReset(v->cxt);
+			}
+			if (!ok)
+				v->report(v->arg, id, "unexpected index row",
+						  psprintf("es_dcb_index has a row (%s \"%s\") for position " INT64_FORMAT ", which holds no tagged event with it: it was added by hand.",
+								   kind == ES_DCB_TYPE ? "type" : "tag", text_to_cstring(value), id));
+		}
+		index_endscan(scan);
+		EsDcbScanEnd(&s);
+	}
+	MemoryContextDelete(v->cxt);
+	ExecDropSingleTupleTableSlot(v->row);
+	UnregisterSnapshot(v->snapshot);
+	index_close(v->idx, AccessShareLock);
+	table_close(v->rel, AccessShareLock);
+	pfree(v);
 }

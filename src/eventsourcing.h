@@ -23,7 +23,8 @@
  * The include graph: catalog.h includes eventsourcing.h; access.h,
  * integrity.h and ordering.h include catalog.h; read.h includes ordering.h;
  * wakeup.h and follow.h include only eventsourcing.h; codec.h and keys.h
- * include catalog.h; append.h includes access.h.  No cycles.
+ * include catalog.h; append.h includes access.h; dcb.h includes catalog.h.
+ * No cycles.
  */
 #ifndef EVENTSOURCING_H
 #define EVENTSOURCING_H

@@ -64,6 +64,7 @@
 
 #include "access.h"
 #include "common/int.h"
+#include "dcb.h"
 #include "integrity.h"
 #include "read.h"
 #include "utils/guc.h"
@@ -642,7 +643,8 @@ es_seal(PG_FUNCTION_ARGS)
  *
  * Every aggregate's chain (its first broken link), then every seal: its link
  * to the previous seal, and its digest recomputed from the events now in its
- * range; a missing or an unexpected id is named.  No rows: intact.
+ * range; a missing or an unexpected id is named; then the index of tagged
+ * events against them (dcb.c).  No rows: intact.
  */
 static void
 EsEmitProblem(ReturnSetInfo *rsinfo, const char *kind, pg_uuid_t *originator_id,
@@ -669,7 +671,8 @@ EsEmitProblem(ReturnSetInfo *rsinfo, const char *kind, pg_uuid_t *originator_id,
 }
 
 static void
-EsVerifyAllChains(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, text *application)
+EsVerifyAllChains(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, text *application,
+				  EsDcbVerifier *dcb)
 {
 	Relation	events = table_open(rels->events, AccessShareLock);
 	Relation	idx = index_open(rels->events_version_idx, AccessShareLock);
@@ -713,6 +716,7 @@ EsVerifyAllChains(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, 
 			have = true;
 		}
 		EsChainAdd(&chain, slot, application);
+		EsDcbVerifyEvent(dcb, slot);
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
@@ -904,6 +908,13 @@ EsVerifySeals(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, text
 	table_close(events, AccessShareLock);
 }
 
+static void
+EsEmitIndexProblem(void *arg, int64 id, const char *problem, const char *detail)
+{
+	EsEmitProblem((ReturnSetInfo *) arg, "tagged event", NULL, false, 0, id != 0, id,
+				  false, 0, problem, detail);
+}
+
 PG_FUNCTION_INFO_V1(es_verify_log);
 Datum
 es_verify_log(PG_FUNCTION_ARGS)
@@ -911,14 +922,17 @@ es_verify_log(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	EsApp		app;
 	EsSpi		spi;
+	EsDcbVerifier *dcb;
 
 	EsOpenApp(&app, fcinfo, 0, ES_PRIV_VERIFY);
 	InitMaterializedSRF(fcinfo, 0);
 
-	EsVerifyAllChains(rsinfo, &app.rels, app.id, app.name);
+	dcb = EsDcbVerifyBegin(&app.rels, app.id, EsEmitIndexProblem, rsinfo);
+	EsVerifyAllChains(rsinfo, &app.rels, app.id, app.name, dcb);
 	EsSpiBegin(&spi, &app.rels);
 	EsVerifySeals(rsinfo, &app.rels, app.id, app.name);
 	EsSpiEnd(&spi);
+	EsDcbVerifyEnd(dcb);
 	return (Datum) 0;
 }
 
