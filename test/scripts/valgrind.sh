@@ -32,7 +32,7 @@ trap 'as_pg "$PG_BIN/pg_ctl" -D "$D/data" -m fast stop >/dev/null 2>&1 || true' 
 set +e
 "$PGXS_DIR/src/test/regress/pg_regress" --use-existing --bindir="$PG_BIN" --inputdir="$ROOT" \
     --outputdir="$D/regress" --dbname=es_regress \
-    $(cd "$ROOT/sql" && ls *.sql | grep -v '^eventsourcing--' | sed 's/\.sql$//')
+    $(cd "$ROOT/sql" && ls *.sql | grep -v -e '^eventsourcing--' -e '^eventsourcing_proxy--' | sed 's/\.sql$//')
 "$PGXS_DIR/src/test/isolation/pg_isolation_regress" --use-existing --bindir="$PG_BIN" \
     --inputdir="$ROOT/test/isolation" --outputdir="$D/isolation" --dbname=es_isolation \
     $(cd "$ROOT/test/isolation/specs" && ls *.spec | sed 's/\.spec$//')
