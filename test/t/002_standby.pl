@@ -89,6 +89,26 @@ $s = es_summary($out);
 ok($s && $s->{result}{committed} > 200,
 	'widened: events committed (' . ($s ? $s->{result}{committed} : 'none') . ')');
 
+# Tagged events (dcb.c) on the standby: read up to the watermark, as es_select.
+$primary->safe_psql('postgres', q{
+SELECT es_create_application('tagged');
+SELECT es_dcb_append('tagged', '[{"type": "T", "data": 1, "tags": ["x", "y"]}, {"type": "U", "data": 2, "tags": ["y"]}]');
+SELECT es_dcb_append('tagged', '[{"type": "T", "data": 3, "tags": ["x"]}]',
+                     '{"fail_if_events_match": [{"tags": ["x"]}], "after": 1}');
+});
+$primary->wait_for_catchup($standby);
+my $q_tagged_mark = "SELECT w.notification_id >= 3 FROM es_watermarks w "
+  . "JOIN es_applications a ON a.id = w.application_id WHERE a.name = 'tagged'";
+ok($standby->poll_query_until('postgres', $q_tagged_mark), 'tagged: the watermark reaches the tagged events');
+my $q_x = q{SELECT string_agg(position || ':' || type, ',' ORDER BY position) FROM es_dcb_read('tagged', '[{"tags": ["x"]}]')};
+is($standby->safe_psql('postgres', $q_x), $primary->safe_psql('postgres', $q_x),
+	'tagged: es_dcb_read on the standby returns what the primary does');
+is($standby->safe_psql('postgres', q{SELECT es_dcb_head('tagged', '[{"types": ["U"]}]')}), '2',
+	'tagged: es_dcb_head on the standby');
+my ($rc2, $out2, $err2) = $standby->psql('postgres',
+	q{SELECT es_dcb_append('tagged', '[{"type": "T", "data": 4, "tags": ["x"]}]')});
+like($err2, qr/read-only transaction/, 'tagged: es_dcb_append on the standby is refused (25006)');
+
 $standby->stop;
 $primary->stop;
 done_testing();
