@@ -30,7 +30,7 @@ endif
 # (after PGXS, which sets it) the TAP tests' own module
 PROVE_FLAGS += -I test/t
 
-.PHONY: deps demo test stop bench bench-field bench-size
+.PHONY: deps demo test stop bench bench-field bench-size bench-dcb
 
 # Installs missing Debian packages (as root).
 deps:
@@ -57,6 +57,7 @@ bench:
 	bash test/bench/size.sh
 	bash test/bench/python_recorders.sh
 	bash test/bench/proxy.sh
+	bash test/bench/dcb.sh
 
 # The field's workload shapes, and costs against the size of the log.
 bench-field:
@@ -64,6 +65,10 @@ bench-field:
 
 bench-size:
 	bash test/bench/size.sh
+
+# Conditional appends of tagged events (DCB) against es_append and the table lock.
+bench-dcb:
+	bash test/bench/dcb.sh
 
 # PGXS does not track header dependencies.
 $(OBJS): $(wildcard src/*.h)
