@@ -620,6 +620,7 @@ EsDcbMatch(const EsDcbQuery *q, text *type, Datum *tags, int ntags)
 	{
 		const EsDcbItem *item = &q->items[i];
 
+		CHECK_FOR_INTERRUPTS();
 		if (item->ntypes > 0 &&
 			bsearch(&type, item->types, item->ntypes, sizeof(text *), EsCompareTextPtrs) == NULL)
 			continue;
@@ -635,10 +636,9 @@ EsDcbSlotTags(TupleTableSlot *slot, Datum **tags, int *ntags)
 {
 	bool	   *nulls;
 
+	/* Elements of an array are never toasted (short headers: the *_PP macros). */
 	deconstruct_array(DatumGetArrayTypeP(slot->tts_values[Anum_es_tags - 1]),
 					  TEXTOID, -1, false, TYPALIGN_INT, tags, &nulls, ntags);
-	for (int i = 0; i < *ntags; i++)
-		(*tags)[i] = PointerGetDatum(PG_DETOAST_DATUM_PACKED((*tags)[i]));
 }
 
 /* Matches in `cxt`, which it empties: long reads and checks use flat memory. */
@@ -691,18 +691,25 @@ EsDcbWalkStart(EsDcbWalk *w, Relation heap, Relation idx, Snapshot snapshot, int
 	w->slot = table_slot_create(heap, NULL);
 }
 
+/* The keys of es_dcb_index rows (application, kind, value) at positions `op` id. */
+static void
+EsDcbIndexKeys(ScanKey keys, int32 app_id, char kind, text *value,
+			   StrategyNumber strategy, RegProcedure op, int64 id)
+{
+	ScanKeyInit(&keys[0], Anum_dcb_application_id, BTEqualStrategyNumber, F_INT4EQ,
+				Int32GetDatum(app_id));
+	ScanKeyInit(&keys[1], Anum_dcb_kind, BTEqualStrategyNumber, F_CHAREQ, CharGetDatum(kind));
+	ScanKeyEntryInitialize(&keys[2], 0, Anum_dcb_value, BTEqualStrategyNumber, InvalidOid,
+						   C_COLLATION_OID, F_TEXTEQ, PointerGetDatum(value));
+	ScanKeyInit(&keys[3], Anum_dcb_notification_id, strategy, op, Int64GetDatum(id));
+}
+
 static void
 EsDcbWalkBegin(EsDcbWalk *w, Relation index_rel, Relation idx, Snapshot snapshot,
 			   int32 app_id, char kind, text *value, int64 after)
 {
 	memset(w, 0, sizeof(*w));
-	ScanKeyInit(&w->keys[0], Anum_dcb_application_id, BTEqualStrategyNumber, F_INT4EQ,
-				Int32GetDatum(app_id));
-	ScanKeyInit(&w->keys[1], Anum_dcb_kind, BTEqualStrategyNumber, F_CHAREQ, CharGetDatum(kind));
-	ScanKeyEntryInitialize(&w->keys[2], 0, Anum_dcb_value, BTEqualStrategyNumber, InvalidOid,
-						   C_COLLATION_OID, F_TEXTEQ, PointerGetDatum(value));
-	ScanKeyInit(&w->keys[3], Anum_dcb_notification_id, BTGreaterStrategyNumber, F_INT8GT,
-				Int64GetDatum(after));
+	EsDcbIndexKeys(w->keys, app_id, kind, value, BTGreaterStrategyNumber, F_INT8GT, after);
 	w->position_attno = Anum_dcb_notification_id;
 	EsDcbWalkStart(w, index_rel, idx, snapshot, 4);
 }
@@ -751,12 +758,9 @@ EsDcbWalkNext(EsDcbWalk *w, Snapshot snapshot)
 			LockBuffer(bslot->buffer, BUFFER_LOCK_UNLOCK);
 			if (!visible)
 			{
-				if (TransactionIdIsNormal(xmin) &&
-					(TransactionIdIsCurrentTransactionId(xmin) ||
-					 XidInMVCCSnapshot(xmin, snapshot)))
-					w->pending = true;
-				else
+				if (!EsXminMayStillCommit(xmin, snapshot))
 					continue;	/* aborted: a permanent gap */
+				w->pending = true;
 			}
 		}
 		return true;
@@ -1436,11 +1440,7 @@ EsDcbIndexHas(Relation rel, Relation idx, Snapshot snapshot, TupleTableSlot *slo
 	IndexScanDesc scan;
 	bool		found;
 
-	ScanKeyInit(&keys[0], Anum_dcb_application_id, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
-	ScanKeyInit(&keys[1], Anum_dcb_kind, BTEqualStrategyNumber, F_CHAREQ, CharGetDatum(kind));
-	ScanKeyEntryInitialize(&keys[2], 0, Anum_dcb_value, BTEqualStrategyNumber, InvalidOid,
-						   C_COLLATION_OID, F_TEXTEQ, PointerGetDatum(value));
-	ScanKeyInit(&keys[3], Anum_dcb_notification_id, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
+	EsDcbIndexKeys(keys, app_id, kind, value, BTEqualStrategyNumber, F_INT8EQ, id);
 	scan = index_beginscan(rel, idx, snapshot, 4, 0);
 	index_rescan(scan, keys, 4, NULL, 0);
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
@@ -1556,28 +1556,23 @@ EsDcbVerifyEnd(EsDcbVerifier *v)
 			bool		ok = false;
 
 			CHECK_FOR_INTERRUPTS();
-			if (e != NULL && !e->tts_isnull[Anum_es_tags - 1])
+			if (e != NULL)
 			{
-				MemoryContext old = MemoryContextSwitchTo(v->cxt);
+				/* The row's claim as a one-key query: does the event match it? */
+				EsDcbItem	item = {0};
+				EsDcbQuery	claim = {false, 1, &item};
 
 				if (kind == ES_DCB_TYPE)
 				{
-					text	   *type = DatumGetTextPP(e->tts_values[Anum_es_topic - 1]);
-
-					ok = EsCompareTextPtrs(&value, &type) == 0;
+					item.ntypes = 1;
+					item.types = &value;
 				}
-				else if (kind == ES_DCB_TAG)
+				else
 				{
-					Datum	   *tags;
-					int			ntags;
-					text	   *want[1];
-
-					want[0] = value;
-					EsDcbSlotTags(e, &tags, &ntags);
-					ok = EsSubset(want, 1, tags, ntags);
+					item.ntags = 1;
+					item.tags = &value;
 				}
-				MemoryContextSwitchTo(old);
-				MemoryContextReset(v->cxt);
+				ok = EsDcbSlotMatch(&claim, e, v->cxt) >= 0;
 			}
 			if (!ok)
 				v->report(v->arg, id, "unexpected index row",

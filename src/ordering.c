@@ -513,6 +513,20 @@ EsGapResolverEnd(EsGapResolver *r)
 }
 
 /*
+ * Rule (b) for one tuple that the reader's snapshot does not see: may it
+ * become visible later?  Yes if its inserting transaction is still in
+ * progress for that snapshot (or is the reader's own); no if it is frozen or
+ * ended before the snapshot (then it aborted: a permanent gap).  Also the
+ * test of dcb.c's reads.
+ */
+bool
+EsXminMayStillCommit(TransactionId xmin, Snapshot snapshot)
+{
+	return TransactionIdIsNormal(xmin) &&
+		(TransactionIdIsCurrentTransactionId(xmin) || XidInMVCCSnapshot(xmin, snapshot));
+}
+
+/*
  * Rule (a) alone: the ids from `from` on below the returned limit (at most
  * `to`) are no longer being inserted by anyone; those at or above it may be.
  * Tagged-event readers (dcb.c) apply rule (b) to their own index.
@@ -638,11 +652,7 @@ EsGapPermanentUpTo(EsGapResolver *r, int64 from, int64 to)
 		xmin = HeapTupleHeaderGetXmin(bslot->base.tuple->t_data);
 		LockBuffer(bslot->buffer, BUFFER_LOCK_UNLOCK);
 
-		/* Frozen: committed long ago, and invisible only if deleted. */
-		if (!TransactionIdIsNormal(xmin))
-			continue;
-		if (TransactionIdIsCurrentTransactionId(xmin) ||
-			XidInMVCCSnapshot(xmin, r->snapshot))
+		if (EsXminMayStillCommit(xmin, r->snapshot))
 		{
 			id = DatumGetInt64(slot_getattr(r->slot, Anum_es_notification_id, &isnull));
 			return id;

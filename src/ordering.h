@@ -42,6 +42,7 @@ extern void EsGapResolverInit(EsGapResolver *r, const EsRelations *rels,
 extern int64 EsGapPermanentUpTo(EsGapResolver *r, int64 from, int64 to);
 extern int64 EsGapPendingLimit(EsGapResolver *r, int64 from, int64 to);
 extern int64 EsGapSettle(EsGapResolver *r, int64 from);
+extern bool EsXminMayStillCommit(TransactionId xmin, Snapshot snapshot);
 extern void EsGapResolverEnd(EsGapResolver *r);
 extern int64 EsReadAnnounced(const EsRelations *rels, int32 app_id);
 

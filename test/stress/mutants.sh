@@ -40,7 +40,7 @@ mutate() {
         ignore_gaps)
             perl -0pi -e 's/(EsGapPermanentUpTo\(EsGapResolver \*r, int64 from, int64 to\)\n\{\n)/$1\treturn to;\n/' "$f" ;;
         no_snapshot)
-            perl -0pi -e 's/TransactionIdIsCurrentTransactionId\(xmin\) \|\|\n\t\t\tXidInMVCCSnapshot\(xmin, r->snapshot\)/TransactionIdIsCurrentTransactionId(xmin)/' "$f" ;;
+            perl -0pi -e 's/\(TransactionIdIsCurrentTransactionId\(xmin\) \|\| XidInMVCCSnapshot\(xmin, snapshot\)\)/TransactionIdIsCurrentTransactionId(xmin)/' "$f" ;;
         no_slots)
             perl -0pi -e 's/\t\tif \(r->counter != NULL\)\n\t\t\{\n\t\t\tuint64\t\tlowest;/\t\tif (false)\n\t\t{\n\t\t\tuint64\t\tlowest;/' "$f" ;;
         no_watermark)
