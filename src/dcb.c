@@ -1132,7 +1132,7 @@ EsDcbEventId(pg_uuid_t *id)
 {
 	if (!pg_strong_random(id->data, UUID_LEN))
 		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 				 errmsg("could not generate a random event id")));
 	id->data[6] = (id->data[6] & 0x0f) | 0x40;
 	id->data[8] = (id->data[8] & 0x3f) | 0x80;
