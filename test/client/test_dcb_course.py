@@ -32,6 +32,7 @@ drops its database, ES_DCB_COURSE_DB, default es_dcb_course):
 
 import json
 import os
+import sys
 import threading
 import unittest
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import psycopg
 import psycopg.errors
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import es_testdb  # noqa: E402
 
 TEST_DB = os.environ.get("ES_DCB_COURSE_DB", "es_dcb_course")
 MAX_COURSES_PER_STUDENT = 5
@@ -193,24 +196,11 @@ def with_retries(command: Callable[[], int], attempts: int = 5) -> int:
 class CourseTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        admin_dsn = os.environ.get("ES_TEST_DSN")
-        if not admin_dsn:
-            raise RuntimeError("set ES_TEST_DSN to a libpq connection string, "
-                               "e.g. 'host=/path/socket port=54325 user=postgres dbname=postgres'")
-        cls.admin_dsn = admin_dsn
-        params = conninfo_to_dict(admin_dsn)
-        params["dbname"] = TEST_DB
-        cls.dsn = make_conninfo(**params)
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DB)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEST_DB)))
-        with psycopg.connect(cls.dsn, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION eventsourcing")
+        cls.admin_dsn, cls.dsn = es_testdb.create(TEST_DB)
 
     @classmethod
     def tearDownClass(cls):
-        with psycopg.connect(cls.admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DB)))
+        es_testdb.drop(cls.admin_dsn, TEST_DB)
 
     def setUp(self):
         self.conns: List[psycopg.Connection] = []

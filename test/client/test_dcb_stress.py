@@ -71,8 +71,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import psycopg
 import psycopg.errors
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import es_testdb  # noqa: E402
 
 TEST_DB = os.environ.get("ES_DCB_STRESS_DB", "es_dcb_stress")
 SECONDS = float(os.environ.get("ES_DCB_STRESS_SECONDS", "15"))
@@ -662,19 +663,7 @@ def run_stress(dsn: str, app: str, seconds: float, writers_n: int, mutant: bool 
 class DcbStressTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        admin_dsn = os.environ.get("ES_TEST_DSN")
-        if not admin_dsn:
-            raise RuntimeError("set ES_TEST_DSN to a libpq connection string, "
-                               "e.g. 'host=/path/socket port=54325 user=postgres dbname=postgres'")
-        cls.admin_dsn = admin_dsn
-        params = conninfo_to_dict(admin_dsn)
-        params["dbname"] = TEST_DB
-        cls.dsn = make_conninfo(**params)
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DB)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEST_DB)))
-        with psycopg.connect(cls.dsn, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION eventsourcing")
+        cls.admin_dsn, cls.dsn = es_testdb.create(TEST_DB)
 
     @classmethod
     def tearDownClass(cls):
@@ -682,8 +671,7 @@ class DcbStressTest(unittest.TestCase):
             sys.stderr.write(line + "\n")
         if os.environ.get("ES_DCB_STRESS_KEEP"):
             return
-        with psycopg.connect(cls.admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DB)))
+        es_testdb.drop(cls.admin_dsn, TEST_DB)
 
     def test_concurrent_read_decide_append(self):
         """The stress run: no violation of any kind, and not vacuous."""

@@ -21,6 +21,7 @@ processes a page.
 
 import json
 import os
+import sys
 import random
 import select
 import threading
@@ -32,9 +33,11 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 import psycopg
 import psycopg.errors
 from psycopg import pq, sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import namedtuple_row
 from psycopg.types.composite import CompositeInfo, register_composite
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import es_testdb  # noqa: E402
 
 TEST_DB = "es_follow"
 # Downstream aggregates mirror upstream ones: uuid5(NS, upstream id).
@@ -111,24 +114,11 @@ class FollowTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        admin_dsn = os.environ.get("ES_TEST_DSN")
-        if not admin_dsn:
-            raise RuntimeError("set ES_TEST_DSN to a libpq connection string, "
-                               "e.g. 'host=/path/socket port=54325 user=postgres dbname=postgres'")
-        cls.admin_dsn = admin_dsn
-        params = conninfo_to_dict(admin_dsn)
-        params["dbname"] = TEST_DB
-        cls.dsn = make_conninfo(**params)
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DB)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEST_DB)))
-        with psycopg.connect(cls.dsn, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION eventsourcing")
+        cls.admin_dsn, cls.dsn = es_testdb.create(TEST_DB)
 
     @classmethod
     def tearDownClass(cls):
-        with psycopg.connect(cls.admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DB)))
+        es_testdb.drop(cls.admin_dsn, TEST_DB)
 
     def setUp(self):
         self.conns: List[psycopg.Connection] = []
