@@ -1,11 +1,13 @@
 # eventsourcing: a PostgreSQL extension (PGXS build), plus the project's
 # two commands (`make demo`, `make test`) which set everything up themselves.
 
-EXTENSION  = eventsourcing eventsourcing_proxy
+EXTENSION  = eventsourcing
 MODULE_big = eventsourcing
 OBJS       = src/eventsourcing.o src/catalog.o src/access.o src/ordering.o src/append.o src/read.o src/worker.o src/wakeup.o src/integrity.o src/follow.o src/replay.o src/codec.o src/keys.o src/dcb.o
+# The proxy database's extension (README, *Scaling out*): its control file
+# sits with its script in sql/, so it is installed as data, by name.
 DATA       = sql/eventsourcing--0.1.0.sql sql/eventsourcing--0.2.0.sql sql/eventsourcing--0.1.0--0.2.0.sql \
-             sql/eventsourcing_proxy--0.2.0.sql
+             sql/eventsourcing_proxy.control sql/eventsourcing_proxy--0.2.0.sql
 PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wmissing-prototypes
 SHLIB_LINK = -lz -lcrypto
 

@@ -60,7 +60,7 @@ build() {
     cp -r "$ROOT/Makefile" "$ROOT/eventsourcing.control" "$ROOT/src" "$ROOT/sql" "$d/"
     rm -f "$d"/src/*.o "$d"/src/*.bc
     # The core only: not the proxy extension, which the mutants do not touch.
-    sed -i 's/^EXTENSION *= eventsourcing\b.*$/EXTENSION  = eventsourcing_mut/; s/^MODULE_big *= eventsourcing$/MODULE_big = eventsourcing_mut/; s#sql/eventsourcing--#sql/eventsourcing_mut--#g; /^DATA/s#\\$##; /^ *sql\/eventsourcing_proxy--/d' "$d/Makefile"
+    sed -i 's/^EXTENSION *= eventsourcing$/EXTENSION  = eventsourcing_mut/; s/^MODULE_big *= eventsourcing$/MODULE_big = eventsourcing_mut/; s#sql/eventsourcing--#sql/eventsourcing_mut--#g; /^DATA/s#\\$##; /^ *sql\/eventsourcing_proxy/d' "$d/Makefile"
     sed 's#\$libdir/eventsourcing#$libdir/eventsourcing_mut#' "$d/eventsourcing.control" > "$d/eventsourcing_mut.control"
     for s in "$d"/sql/eventsourcing--*.sql; do cp "$s" "${s/eventsourcing--/eventsourcing_mut--}"; done
     sed -i 's/#define ES_EXTENSION_NAME\t\t\t"eventsourcing"/#define ES_EXTENSION_NAME\t\t\t"eventsourcing_mut"/' "$d/src/eventsourcing.h"
