@@ -30,6 +30,38 @@ DROP OWNED BY :"owner";
 -- other drops are not concerned
 CREATE SCHEMA other;
 DROP SCHEMA other;
+-- Each application's events are in a partition of es_stored_events, which is
+-- not a member of the extension: dropping or detaching it while it holds
+-- events is refused as well (by name, qualified or not, alone or in a list).
+SELECT store.es_create_application('empty');
+SELECT c.relname AS partition, pg_get_expr(c.relpartbound, c.oid) AS bound,
+       (SELECT count(*) FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+          AND d.refclassid = 'pg_extension'::regclass) AS extension_members
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'store.es_stored_events'::regclass ORDER BY c.relname;
+SELECT 'store.es_stored_events_' || id AS keep_log FROM store.es_applications WHERE name = 'keep' \gset
+SELECT 'store.es_stored_events_' || id AS empty_log FROM store.es_applications WHERE name = 'empty' \gset
+DROP TABLE :keep_log;
+\echo :LAST_ERROR_SQLSTATE
+SET search_path = store, public;
+DROP TABLE IF EXISTS nothing_here, es_stored_events_1;
+\echo :LAST_ERROR_SQLSTATE
+RESET search_path;
+ALTER TABLE store.es_stored_events DETACH PARTITION :keep_log;
+\echo :LAST_ERROR_SQLSTATE
+TRUNCATE :keep_log;
+\echo :LAST_ERROR_SQLSTATE
+-- an empty application's partition may go; the application then reports its
+-- missing log (XX001) instead of losing appends
+BEGIN;
+DROP TABLE :empty_log;
+SELECT store.es_append('empty', '00000000-0000-0000-0000-000000000002', 1, 'Created', '{}');
+ROLLBACK;
+\echo :LAST_ERROR_SQLSTATE
+-- other ALTER TABLE commands are not concerned
+CREATE TABLE other_table (x int);
+ALTER TABLE other_table ADD COLUMN y int;
+DROP TABLE other_table;
 SELECT count(*) AS events_still_there FROM store.es_select('keep', 1, 10);
 -- the administrative way out
 SET eventsourcing.allow_rewrite = on;

@@ -244,12 +244,12 @@ RETURNS event_trigger
 AS 'MODULE_PATHNAME', 'es_drop_guard'
 LANGUAGE C;
 COMMENT ON FUNCTION eventsourcing_internal.es_drop_guard() IS
-    'Event trigger refusing DROP EXTENSION eventsourcing, DROP SCHEMA of its schema and DROP OWNED BY its owner while recorded events exist, unless eventsourcing.allow_rewrite is on.';
+    'Event trigger refusing DROP EXTENSION eventsourcing, DROP SCHEMA of its schema and DROP OWNED BY its owner while recorded events exist, and DROP TABLE or DETACH PARTITION of an application''s partition of es_stored_events while it holds events, unless eventsourcing.allow_rewrite is on.';
 CREATE EVENT TRIGGER es_drop_guard ON ddl_command_start
-    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
+    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED', 'DROP TABLE', 'ALTER TABLE')
     EXECUTE FUNCTION eventsourcing_internal.es_drop_guard();
 COMMENT ON EVENT TRIGGER es_drop_guard IS
-    'Refuses to drop the extension, its schema or its owner''s objects while recorded events exist (eventsourcing.allow_rewrite: the administrative way out).';
+    'Refuses to drop the extension, its schema or its owner''s objects while recorded events exist, and to drop or detach an application''s partition of es_stored_events that holds events (eventsourcing.allow_rewrite: the administrative way out).';
 
 --------------------------------------------------------------------------
 -- JSON states: appended as jsonb, read back as jsonb
@@ -284,56 +284,6 @@ AS 'MODULE_PATHNAME', 'es_jsonb'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.es_jsonb(bytea) IS
     'A state''s bytes as jsonb: SELECT id, es_jsonb(state) FROM es_select(...). NULL (a forgotten event) stays NULL.';
-
---------------------------------------------------------------------------
--- Status at a glance
---------------------------------------------------------------------------
-
-CREATE VIEW @extschema@.es_status WITH (security_barrier) AS
-SELECT a.name AS application,
-       (SELECT pg_catalog.count(*) FROM @extschema@.es_stored_events e WHERE e.application_id = a.id) AS events,
-       (SELECT pg_catalog.max(e.notification_id) FROM @extschema@.es_stored_events e WHERE e.application_id = a.id) AS head_id,
-       CASE WHEN @extschema@.es_has_privilege(a.name, 'read')
-            THEN COALESCE(@extschema@.es_wait(a.name, COALESCE(w.announced_id, 0), 0), w.announced_id, 0) END AS readable_id,
-       w.notification_id AS watermark_id,
-       w.announced_id,
-       s.seal_id AS last_seal_id,
-       s.last_notification_id AS sealed_through_id,
-       pg_catalog.now() - s.sealed_at AS last_seal_age,
-       (SELECT pg_catalog.count(*) FROM @extschema@.es_tracking t WHERE t.upstream_application = a.name) AS followers,
-       (SELECT pg_catalog.max(h.head - t.notification_id) FROM @extschema@.es_tracking t,
-            LATERAL (SELECT pg_catalog.max(e.notification_id) AS head FROM @extschema@.es_stored_events e
-                     WHERE e.application_id = a.id) h
-        WHERE t.upstream_application = a.name) AS max_follower_lag,
-       a.compression,
-       a.encryption,
-       a.compression_dictionary,
-       EXISTS (SELECT FROM pg_catalog.pg_stat_activity p
-               WHERE p.backend_type = 'eventsourcing worker' AND p.datname = pg_catalog.current_database()) AS worker_running
-FROM @extschema@.es_applications a
-LEFT JOIN @extschema@.es_watermarks w ON w.application_id = a.id
-LEFT JOIN LATERAL (SELECT x.seal_id, x.last_notification_id, x.sealed_at FROM @extschema@.es_seals x
-                   WHERE x.application_id = a.id ORDER BY x.seal_id DESC LIMIT 1) s ON true
-WHERE @extschema@.es_has_privilege(a.name, NULL);
-COMMENT ON VIEW @extschema@.es_status IS
-    'Per application the caller has a privilege on: events, head id, the highest id readers can be given, the standby watermark, the last announcement, the last seal and its age, followers (tracking rows naming it as upstream) and the largest lag, storage settings, whether the database''s worker runs.';
-GRANT SELECT ON @extschema@.es_status TO PUBLIC;
-
-CREATE VIEW @extschema@.es_followers WITH (security_barrier) AS
-SELECT t.upstream_application AS application,
-       f.name AS follower,
-       t.notification_id AS position,
-       h.head AS head_id,
-       h.head - t.notification_id AS lag
-FROM @extschema@.es_tracking t
-JOIN @extschema@.es_applications f ON f.id = t.application_id
-LEFT JOIN @extschema@.es_applications u ON u.name = t.upstream_application
-LEFT JOIN LATERAL (SELECT pg_catalog.max(e.notification_id) AS head FROM @extschema@.es_stored_events e
-                   WHERE e.application_id = u.id) h ON true
-WHERE @extschema@.es_has_privilege(f.name, NULL) OR @extschema@.es_has_privilege(t.upstream_application, NULL);
-COMMENT ON VIEW @extschema@.es_followers IS
-    'Each follower''s recorded position in an upstream application''s log and its lag behind the head, for the applications the caller has a privilege on.';
-GRANT SELECT ON @extschema@.es_followers TO PUBLIC;
 
 -- Tagged events (DCB): a column for their tags.
 ALTER TABLE @extschema@.es_stored_events ADD COLUMN tags text[] COLLATE "C";
@@ -396,3 +346,139 @@ AS 'MODULE_PATHNAME', 'es_dcb_head'
 LANGUAGE C STABLE PARALLEL UNSAFE;
 COMMENT ON FUNCTION @extschema@.es_dcb_head(text, jsonb, bigint) IS
     'The position of the last tagged event matching query that es_dcb_read would return after position after (after itself, or 0, if none): what a writer passes as "after" in its condition. Needs the read privilege.';
+
+--------------------------------------------------------------------------
+-- The events table partitioned by application (issue #15): the old table's
+-- rows move into one partition per application.  Views over it are made
+-- after this (below), so they name the new table.
+--------------------------------------------------------------------------
+
+ALTER TABLE @extschema@.es_stored_events RENAME TO es_stored_events_0_1_0;
+CREATE TABLE @extschema@.es_stored_events (
+    application_id      integer NOT NULL,
+    notification_id     bigint NOT NULL,
+    originator_id       uuid NOT NULL,
+    originator_version  bigint NOT NULL,
+    topic               text COLLATE "C" NOT NULL,
+    state               bytea NOT NULL,
+    recorded_at         timestamptz NOT NULL,
+    event_hash          bytea NOT NULL,
+    stored_form         smallint NOT NULL DEFAULT 0
+        CONSTRAINT es_stored_events_stored_form_check CHECK (stored_form IN (0, 1)),
+    tags                text[] COLLATE "C"
+) PARTITION BY LIST (application_id);
+COMMENT ON TABLE @extschema@.es_stored_events IS
+    'All recorded events: each in its aggregate''s version sequence and its application''s notification log. Written by es_append only; roles read and append through the functions, with privileges per application (es_grant). stored_form 0: state as given; 1: a header, then the state compressed and/or encrypted (es_configure). tags: NULL for aggregate events; for tagged events (es_dcb_append) their tags, and topic is their type. Partitioned by application: es_create_application makes each application''s partition, es_stored_events_<id>, with the primary key (application_id, notification_id) and the unique key (application_id, originator_id, originator_version).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_stored_events', '');
+REVOKE ALL ON @extschema@.es_stored_events FROM PUBLIC;
+CREATE TRIGGER es_append_only BEFORE UPDATE OR DELETE ON @extschema@.es_stored_events
+    FOR EACH ROW EXECUTE FUNCTION eventsourcing_internal.es_append_only_guard();
+CREATE TRIGGER es_append_only_truncate BEFORE TRUNCATE ON @extschema@.es_stored_events
+    FOR EACH STATEMENT EXECUTE FUNCTION eventsourcing_internal.es_append_only_guard();
+
+-- Each application's events live in a partition of their own (LIST by
+-- application_id), made by es_create_application: the indexes an append and a
+-- read descend grow with that application's log only, and the C code scans
+-- and inserts into the partition directly.  The parent has no indexes: each
+-- partition carries its own primary and unique keys (which hold per
+-- application, as the keys always did), so pg_dump can restore partitions,
+-- which are not members of the extension, on their own.
+CREATE FUNCTION eventsourcing_internal.es_add_log_partition(app integer)
+RETURNS regclass
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    part text := 'es_stored_events_' || app;
+BEGIN
+    EXECUTE format('CREATE TABLE @extschema@.%I (LIKE @extschema@.es_stored_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)', part);
+    EXECUTE format('ALTER TABLE @extschema@.%I ADD CONSTRAINT %I PRIMARY KEY (application_id, notification_id), '
+                   'ADD CONSTRAINT %I UNIQUE (application_id, originator_id, originator_version)',
+                   part, part || '_pkey', part || '_version_key');
+    EXECUTE format('REVOKE ALL ON @extschema@.%I FROM PUBLIC', part);
+    -- Row triggers are cloned from the parent; TRUNCATE triggers are not.
+    EXECUTE format('CREATE TRIGGER es_append_only_truncate BEFORE TRUNCATE ON @extschema@.%I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION eventsourcing_internal.es_append_only_guard()', part);
+    EXECUTE format('COMMENT ON TABLE @extschema@.%I IS %L', part,
+                   'The events of application ' || app || ': its partition of es_stored_events, made by es_create_application.');
+    -- ATTACH takes a SHARE UPDATE EXCLUSIVE lock on the parent, which appends
+    -- and reads of other applications (RowExclusive, AccessShare) do not wait for.
+    EXECUTE format('ALTER TABLE @extschema@.es_stored_events ATTACH PARTITION @extschema@.%I FOR VALUES IN (%s)', part, app);
+    RETURN format('@extschema@.%I', part)::regclass;
+END
+$fn$;
+REVOKE ALL ON FUNCTION eventsourcing_internal.es_add_log_partition(integer) FROM PUBLIC;
+COMMENT ON FUNCTION eventsourcing_internal.es_add_log_partition(integer) IS
+    'Makes an application''s partition of es_stored_events (called by es_create_application, as the extension''s owner).';
+
+-- A partition per application, not a member of the extension (as
+-- es_create_application makes them), then the rows, then the old table
+-- (dropped from the extension first, which also takes it off the list of
+-- tables pg_dump dumps the data of).
+DO $do$
+DECLARE
+    app integer;
+BEGIN
+    FOR app IN SELECT id FROM @extschema@.es_applications ORDER BY id LOOP
+        PERFORM eventsourcing_internal.es_add_log_partition(app);
+        EXECUTE pg_catalog.format('ALTER EXTENSION eventsourcing DROP TABLE @extschema@.%I', 'es_stored_events_' || app);
+    END LOOP;
+END
+$do$;
+INSERT INTO @extschema@.es_stored_events (application_id, notification_id, originator_id, originator_version,
+                                          topic, state, recorded_at, event_hash, stored_form, tags)
+SELECT application_id, notification_id, originator_id, originator_version,
+       topic, state, recorded_at, event_hash, stored_form, tags
+FROM @extschema@.es_stored_events_0_1_0;
+ALTER EXTENSION eventsourcing DROP TABLE @extschema@.es_stored_events_0_1_0;
+DROP TABLE @extschema@.es_stored_events_0_1_0;
+--------------------------------------------------------------------------
+-- Status at a glance
+--------------------------------------------------------------------------
+
+CREATE VIEW @extschema@.es_status WITH (security_barrier) AS
+SELECT a.name AS application,
+       (SELECT pg_catalog.count(*) FROM @extschema@.es_stored_events e WHERE e.application_id = a.id) AS events,
+       (SELECT pg_catalog.max(e.notification_id) FROM @extschema@.es_stored_events e WHERE e.application_id = a.id) AS head_id,
+       CASE WHEN @extschema@.es_has_privilege(a.name, 'read')
+            THEN COALESCE(@extschema@.es_wait(a.name, COALESCE(w.announced_id, 0), 0), w.announced_id, 0) END AS readable_id,
+       w.notification_id AS watermark_id,
+       w.announced_id,
+       s.seal_id AS last_seal_id,
+       s.last_notification_id AS sealed_through_id,
+       pg_catalog.now() - s.sealed_at AS last_seal_age,
+       (SELECT pg_catalog.count(*) FROM @extschema@.es_tracking t WHERE t.upstream_application = a.name) AS followers,
+       (SELECT pg_catalog.max(h.head - t.notification_id) FROM @extschema@.es_tracking t,
+            LATERAL (SELECT pg_catalog.max(e.notification_id) AS head FROM @extschema@.es_stored_events e
+                     WHERE e.application_id = a.id) h
+        WHERE t.upstream_application = a.name) AS max_follower_lag,
+       a.compression,
+       a.encryption,
+       a.compression_dictionary,
+       EXISTS (SELECT FROM pg_catalog.pg_stat_activity p
+               WHERE p.backend_type = 'eventsourcing worker' AND p.datname = pg_catalog.current_database()) AS worker_running
+FROM @extschema@.es_applications a
+LEFT JOIN @extschema@.es_watermarks w ON w.application_id = a.id
+LEFT JOIN LATERAL (SELECT x.seal_id, x.last_notification_id, x.sealed_at FROM @extschema@.es_seals x
+                   WHERE x.application_id = a.id ORDER BY x.seal_id DESC LIMIT 1) s ON true
+WHERE @extschema@.es_has_privilege(a.name, NULL);
+COMMENT ON VIEW @extschema@.es_status IS
+    'Per application the caller has a privilege on: events, head id, the highest id readers can be given, the standby watermark, the last announcement, the last seal and its age, followers (tracking rows naming it as upstream) and the largest lag, storage settings, whether the database''s worker runs.';
+GRANT SELECT ON @extschema@.es_status TO PUBLIC;
+
+CREATE VIEW @extschema@.es_followers WITH (security_barrier) AS
+SELECT t.upstream_application AS application,
+       f.name AS follower,
+       t.notification_id AS position,
+       h.head AS head_id,
+       h.head - t.notification_id AS lag
+FROM @extschema@.es_tracking t
+JOIN @extschema@.es_applications f ON f.id = t.application_id
+LEFT JOIN @extschema@.es_applications u ON u.name = t.upstream_application
+LEFT JOIN LATERAL (SELECT pg_catalog.max(e.notification_id) AS head FROM @extschema@.es_stored_events e
+                   WHERE e.application_id = u.id) h ON true
+WHERE @extschema@.es_has_privilege(f.name, NULL) OR @extschema@.es_has_privilege(t.upstream_application, NULL);
+COMMENT ON VIEW @extschema@.es_followers IS
+    'Each follower''s recorded position in an upstream application''s log and its lag behind the head, for the applications the caller has a privilege on.';
+GRANT SELECT ON @extschema@.es_followers TO PUBLIC;
+

@@ -91,12 +91,10 @@ CREATE TABLE @extschema@.es_stored_events (
     event_hash          bytea NOT NULL,
     stored_form         smallint NOT NULL DEFAULT 0
         CONSTRAINT es_stored_events_stored_form_check CHECK (stored_form IN (0, 1)),
-    tags                text[] COLLATE "C",
-    CONSTRAINT es_stored_events_pkey PRIMARY KEY (application_id, notification_id),
-    CONSTRAINT es_stored_events_version_key UNIQUE (application_id, originator_id, originator_version)
-);
+    tags                text[] COLLATE "C"
+) PARTITION BY LIST (application_id);
 COMMENT ON TABLE @extschema@.es_stored_events IS
-    'All recorded events: each in its aggregate''s version sequence and its application''s notification log. Written by es_append only; roles read and append through the functions, with privileges per application (es_grant). stored_form 0: state as given; 1: a header, then the state compressed and/or encrypted (es_configure). tags: NULL for aggregate events; for tagged events (es_dcb_append) their tags, and topic is their type.';
+    'All recorded events: each in its aggregate''s version sequence and its application''s notification log. Written by es_append only; roles read and append through the functions, with privileges per application (es_grant). stored_form 0: state as given; 1: a header, then the state compressed and/or encrypted (es_configure). tags: NULL for aggregate events; for tagged events (es_dcb_append) their tags, and topic is their type. Partitioned by application: es_create_application makes each application''s partition, es_stored_events_<id>, with the primary key (application_id, notification_id) and the unique key (application_id, originator_id, originator_version).';
 
 CREATE TABLE @extschema@.es_tracking (
     application_id        integer NOT NULL,
@@ -228,6 +226,41 @@ CREATE TRIGGER es_append_only BEFORE UPDATE OR DELETE ON @extschema@.es_seals
     FOR EACH ROW EXECUTE FUNCTION eventsourcing_internal.es_append_only_guard();
 CREATE TRIGGER es_append_only_truncate BEFORE TRUNCATE ON @extschema@.es_seals
     FOR EACH STATEMENT EXECUTE FUNCTION eventsourcing_internal.es_append_only_guard();
+
+-- Each application's events live in a partition of their own (LIST by
+-- application_id), made by es_create_application: the indexes an append and a
+-- read descend grow with that application's log only, and the C code scans
+-- and inserts into the partition directly.  The parent has no indexes: each
+-- partition carries its own primary and unique keys (which hold per
+-- application, as the keys always did), so pg_dump can restore partitions,
+-- which are not members of the extension, on their own.
+CREATE FUNCTION eventsourcing_internal.es_add_log_partition(app integer)
+RETURNS regclass
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    part text := 'es_stored_events_' || app;
+BEGIN
+    EXECUTE format('CREATE TABLE @extschema@.%I (LIKE @extschema@.es_stored_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)', part);
+    EXECUTE format('ALTER TABLE @extschema@.%I ADD CONSTRAINT %I PRIMARY KEY (application_id, notification_id), '
+                   'ADD CONSTRAINT %I UNIQUE (application_id, originator_id, originator_version)',
+                   part, part || '_pkey', part || '_version_key');
+    EXECUTE format('REVOKE ALL ON @extschema@.%I FROM PUBLIC', part);
+    -- Row triggers are cloned from the parent; TRUNCATE triggers are not.
+    EXECUTE format('CREATE TRIGGER es_append_only_truncate BEFORE TRUNCATE ON @extschema@.%I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION eventsourcing_internal.es_append_only_guard()', part);
+    EXECUTE format('COMMENT ON TABLE @extschema@.%I IS %L', part,
+                   'The events of application ' || app || ': its partition of es_stored_events, made by es_create_application.');
+    -- ATTACH takes a SHARE UPDATE EXCLUSIVE lock on the parent, which appends
+    -- and reads of other applications (RowExclusive, AccessShare) do not wait for.
+    EXECUTE format('ALTER TABLE @extschema@.es_stored_events ATTACH PARTITION @extschema@.%I FOR VALUES IN (%s)', part, app);
+    RETURN format('@extschema@.%I', part)::regclass;
+END
+$fn$;
+REVOKE ALL ON FUNCTION eventsourcing_internal.es_add_log_partition(integer) FROM PUBLIC;
+COMMENT ON FUNCTION eventsourcing_internal.es_add_log_partition(integer) IS
+    'Makes an application''s partition of es_stored_events (called by es_create_application, as the extension''s owner).';
 
 --------------------------------------------------------------------------
 -- Applications
@@ -552,12 +585,12 @@ RETURNS event_trigger
 AS 'MODULE_PATHNAME', 'es_drop_guard'
 LANGUAGE C;
 COMMENT ON FUNCTION eventsourcing_internal.es_drop_guard() IS
-    'Event trigger refusing DROP EXTENSION eventsourcing, DROP SCHEMA of its schema and DROP OWNED BY its owner while recorded events exist, unless eventsourcing.allow_rewrite is on.';
+    'Event trigger refusing DROP EXTENSION eventsourcing, DROP SCHEMA of its schema and DROP OWNED BY its owner while recorded events exist, and DROP TABLE or DETACH PARTITION of an application''s partition of es_stored_events while it holds events, unless eventsourcing.allow_rewrite is on.';
 CREATE EVENT TRIGGER es_drop_guard ON ddl_command_start
-    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED')
+    WHEN TAG IN ('DROP EXTENSION', 'DROP SCHEMA', 'DROP OWNED', 'DROP TABLE', 'ALTER TABLE')
     EXECUTE FUNCTION eventsourcing_internal.es_drop_guard();
 COMMENT ON EVENT TRIGGER es_drop_guard IS
-    'Refuses to drop the extension, its schema or its owner''s objects while recorded events exist (eventsourcing.allow_rewrite: the administrative way out).';
+    'Refuses to drop the extension, its schema or its owner''s objects while recorded events exist, and to drop or detach an application''s partition of es_stored_events that holds events (eventsourcing.allow_rewrite: the administrative way out).';
 
 --------------------------------------------------------------------------
 -- JSON states: appended as jsonb, read back as jsonb

@@ -23,8 +23,11 @@ DECLARE
     stmt text;
     results text := '';
 BEGIN
+    -- (and each application's partition of es_stored_events)
     FOREACH t IN ARRAY ARRAY['es_applications', 'es_stored_events', 'es_tracking', 'es_watermarks',
-                             'es_seals', 'es_folds', 'es_snapshots', 'es_grants'] LOOP
+                             'es_seals', 'es_folds', 'es_snapshots', 'es_grants']
+                       || ARRAY(SELECT inhrelid::regclass::text FROM pg_inherits
+                                WHERE inhparent = 'es_stored_events'::regclass ORDER BY 1) LOOP
         FOREACH stmt IN ARRAY ARRAY[
             format('SELECT * FROM %I', t),
             format('INSERT INTO %I DEFAULT VALUES', t),

@@ -257,6 +257,7 @@ EsOpenAppByName(EsApp *app, text *name, uint32 required)
 				 errdetail("The %s privilege on it is needed.", EsPrivilegeName(required & ~held)),
 				 errhint("Its administrator can grant it with es_grant(%s, role, '%s').",
 						 quote_literal_cstr(app->cname), EsPrivilegeName(required & ~held))));
+	app->log = EsLogOf(&app->rels, app->id);
 }
 
 void
@@ -318,7 +319,15 @@ es_create_application(PG_FUNCTION_ARGS)
 		elog(ERROR, "eventsourcing: could not insert into es_applications");
 	if (SPI_processed == 1)
 	{
+		Datum		pvalue;
+		Oid			ptype = INT4OID;
+
 		app_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		/* Its log: a partition of es_stored_events (see the install script). */
+		pvalue = Int32GetDatum(app_id);
+		if (SPI_execute_with_args("SELECT eventsourcing_internal.es_add_log_partition($1)",
+								  1, &ptype, &pvalue, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "eventsourcing: could not make the log of the new application");
 		/* The owner holds every privilege anyway; others become its admin. */
 		if (!is_owner)
 		{

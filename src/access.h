@@ -23,6 +23,7 @@ typedef struct EsApp
 {
 	EsRelations rels;
 	int32		id;
+	EsLog		log;			/* its partition of es_stored_events */
 	text	   *name;
 	char	   *cname;
 	EsAppSettings settings;

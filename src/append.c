@@ -193,9 +193,9 @@ typedef struct EsVersionProbe
 } EsVersionProbe;
 
 static void
-EsVersionProbeBegin(EsVersionProbe *p, const EsRelations *rels, Relation events)
+EsVersionProbeBegin(EsVersionProbe *p, const EsLog *log, Relation events)
 {
-	p->idx = index_open(rels->events_version_idx, AccessShareLock);
+	p->idx = index_open(log->version_idx, AccessShareLock);
 	p->slot = table_slot_create(events, NULL);
 
 	/*
@@ -288,7 +288,7 @@ EsCheckVersions(const EsApp *app, Relation events, EsEventIn **sorted, int n)
 					 errhint("The events of one aggregate must be given in version order, each one above the last.")));
 	}
 
-	EsVersionProbeBegin(&probe, rels, events);
+	EsVersionProbeBegin(&probe, &app->log, events);
 	while (start < n)
 	{
 		int			end = start + 1;
@@ -472,7 +472,7 @@ EsAppend(text *application, EsEventIn *in, int n, text *upstream, int64 upstream
 	/* Do not start writing in a read-only transaction or on a standby. */
 	PreventCommandIfReadOnly("es_append()");
 
-	events = table_open(app.rels.events, RowExclusiveLock);
+	events = table_open(app.log.relid, RowExclusiveLock);
 	if (n > 0)
 	{
 		EsEventIn **sorted = palloc(sizeof(EsEventIn *) * n);

@@ -26,6 +26,7 @@
 #include "access/xact.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_extension.h"
 #include "common/hashfn.h"
@@ -117,6 +118,7 @@ typedef struct EsAppCacheEntry
 static bool rels_valid = false;
 static EsRelations rels_cache;
 static HTAB *app_cache = NULL;
+static HTAB *log_cache = NULL;	/* application id -> EsLog */
 static bool callback_registered = false;
 
 static void
@@ -133,6 +135,12 @@ EsInvalidateCaches(Datum arg, Oid relid)
 		{
 			hash_destroy(app_cache);
 			app_cache = NULL;
+		}
+		/* Attaching, detaching or dropping a partition lands here too. */
+		if (log_cache != NULL)
+		{
+			hash_destroy(log_cache);
+			log_cache = NULL;
 		}
 	}
 }
@@ -183,8 +191,6 @@ EsLookupRelationsExtended(EsRelations *rels, bool missing_ok)
 	rels->applications_name_idx = EsRelid(rels->namespace, "es_applications_name_key");
 	rels->applications_pkey = EsRelid(rels->namespace, "es_applications_pkey");
 	rels->events = EsRelid(rels->namespace, "es_stored_events");
-	rels->events_pkey = EsRelid(rels->namespace, "es_stored_events_pkey");
-	rels->events_version_idx = EsRelid(rels->namespace, "es_stored_events_version_key");
 	rels->tracking = EsRelid(rels->namespace, "es_tracking");
 	rels->watermarks = EsRelid(rels->namespace, "es_watermarks");
 	rels->watermarks_pkey = EsRelid(rels->namespace, "es_watermarks_pkey");
@@ -378,16 +384,79 @@ EsApplicationName(const EsRelations *rels, int32 app_id)
 	return name;
 }
 
+/* relid is a partition of es_stored_events. */
+bool
+EsIsLogPartition(const EsRelations *rels, Oid relid)
+{
+	return OidIsValid(relid) && get_rel_relispartition(relid) &&
+		get_partition_parent(relid, true) == rels->events;
+}
+
+typedef struct EsLogCacheEntry
+{
+	int32		app_id;			/* key */
+	EsLog		log;
+} EsLogCacheEntry;
+
 /*
- * One attribute of the last row of es_stored_events, in `index` order, whose
- * leading index columns equal `keys` (the application, and maybe the
+ * The partition of es_stored_events that holds application app_id's events,
+ * found by its name (es_add_log_partition names it; only the extension's
+ * owner can rename it) and checked to be a partition of es_stored_events.
+ * Cached per backend until es_stored_events' relcache entry is invalidated,
+ * which attaching, detaching and dropping a partition all do.
+ */
+EsLog
+EsLogOf(const EsRelations *rels, int32 app_id)
+{
+	EsLogCacheEntry *entry;
+	EsLog		log;
+	char		name[NAMEDATALEN];
+
+	if (log_cache != NULL)
+	{
+		entry = hash_search(log_cache, &app_id, HASH_FIND, NULL);
+		if (entry != NULL)
+			return entry->log;
+	}
+	snprintf(name, sizeof(name), "es_stored_events_%d", app_id);
+	log.relid = get_relname_relid(name, rels->namespace);
+	if (!EsIsLogPartition(rels, log.relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("the log of application %d is missing: \"%s\" is not a partition of es_stored_events",
+						app_id, name),
+				 errhint("Restore the table from a dump, or ATTACH it back to es_stored_events.")));
+	snprintf(name, sizeof(name), "es_stored_events_%d_pkey", app_id);
+	log.pkey = EsRelid(rels->namespace, name);
+	snprintf(name, sizeof(name), "es_stored_events_%d_version_key", app_id);
+	log.version_idx = EsRelid(rels->namespace, name);
+
+	/* The look-ups may have run invalidation callbacks: look again. */
+	if (log_cache == NULL)
+	{
+		HASHCTL		info;
+
+		info.keysize = sizeof(int32);
+		info.entrysize = sizeof(EsLogCacheEntry);
+		info.hcxt = CacheMemoryContext;
+		log_cache = hash_create("eventsourcing logs", 16, &info,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	entry = hash_search(log_cache, &app_id, HASH_ENTER, NULL);
+	entry->log = log;
+	return log;
+}
+
+/*
+ * One attribute of the last row of an application's log, in `index` order,
+ * whose leading index columns equal `keys` (the application, and maybe the
  * aggregate), as seen by `snapshot`.  False when there is no such row.
  */
 bool
-EsLastEventAttr(const EsRelations *rels, Oid index, Snapshot snapshot,
+EsLastEventAttr(const EsLog *log, Oid index, Snapshot snapshot,
 				ScanKey keys, int nkeys, int attno, Datum *value)
 {
-	Relation	events = table_open(rels->events, AccessShareLock);
+	Relation	events = table_open(log->relid, AccessShareLock);
 	Relation	idx = index_open(index, AccessShareLock);
 	TupleTableSlot *slot = table_slot_create(events, NULL);
 	IndexScanDesc scan = index_beginscan(events, idx, snapshot, nkeys, 0);

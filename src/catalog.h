@@ -21,10 +21,7 @@ typedef struct EsRelations
 	Oid			applications;	/* es_applications */
 	Oid			applications_name_idx;
 	Oid			applications_pkey;
-	Oid			events;			/* es_stored_events */
-	Oid			events_pkey;	/* (application_id, notification_id) */
-	Oid			events_version_idx; /* (application_id, originator_id,
-									 * originator_version) */
+	Oid			events;			/* es_stored_events: partitioned, see EsLog */
 	Oid			tracking;		/* es_tracking */
 	Oid			watermarks;		/* es_watermarks */
 	Oid			watermarks_pkey;
@@ -37,6 +34,20 @@ typedef struct EsRelations
 	Oid			dcb_index;		/* es_dcb_index */
 	Oid			dcb_index_pkey; /* (application_id, kind, value, notification_id) */
 } EsRelations;
+
+/*
+ * One application's log: its partition of es_stored_events (LIST by
+ * application_id, made by es_create_application) and the partition's two
+ * indexes.  Scans and inserts go to the partition directly (index scans and
+ * table_tuple_insert need a leaf); SQL may use the parent.
+ */
+typedef struct EsLog
+{
+	Oid			relid;			/* es_stored_events_<application id> */
+	Oid			pkey;			/* (application_id, notification_id) */
+	Oid			version_idx;	/* (application_id, originator_id,
+								 * originator_version) */
+} EsLog;
 
 /* An application's settings that the append and read paths need. */
 typedef struct EsAppSettings
@@ -52,7 +63,9 @@ extern char *EsQualifiedName(const EsRelations *rels, const char *relname);
 extern int32 EsLookupApplicationId(const EsRelations *rels, text *name, EsAppSettings *settings);
 extern void EsLockAggregate(int32 app_id, const pg_uuid_t *originator_id);
 extern char *EsApplicationName(const EsRelations *rels, int32 app_id);
-extern bool EsLastEventAttr(const EsRelations *rels, Oid index, Snapshot snapshot,
+extern bool EsIsLogPartition(const EsRelations *rels, Oid relid);
+extern EsLog EsLogOf(const EsRelations *rels, int32 app_id);
+extern bool EsLastEventAttr(const EsLog *log, Oid index, Snapshot snapshot,
 							ScanKey keys, int nkeys, int attno, Datum *value);
 
 /* Arguments: never NULL (the functions are not STRICT, to name the argument). */

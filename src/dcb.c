@@ -799,8 +799,8 @@ EsDcbScanBegin(EsDcbScan *s, const EsApp *app, Snapshot snapshot)
 	s->snapshot = snapshot;
 	s->index_rel = table_open(app->rels.dcb_index, AccessShareLock);
 	s->index_idx = index_open(app->rels.dcb_index_pkey, AccessShareLock);
-	s->events = table_open(app->rels.events, AccessShareLock);
-	s->events_pkey = index_open(app->rels.events_pkey, AccessShareLock);
+	s->events = table_open(app->log.relid, AccessShareLock);
+	s->events_pkey = index_open(app->log.pkey, AccessShareLock);
 	s->fetch = index_beginscan(s->events, s->events_pkey, snapshot, 2, 0);
 	s->event = table_slot_create(s->events, NULL);
 	s->matchcxt = AllocSetContextCreate(CurrentMemoryContext, "es_dcb match", ALLOCSET_SMALL_SIZES);
@@ -1202,7 +1202,7 @@ es_dcb_append(PG_FUNCTION_ARGS)
 	rows.app = &app;
 	rows.events = events;
 	rows.n = n;
-	rel = table_open(app.rels.events, RowExclusiveLock);
+	rel = table_open(app.log.relid, RowExclusiveLock);
 	EsInsertEvents(&app.rels, rel, app.id, in, n, ids, EsDcbInsertIndexRows, &rows);
 	table_close(rel, NoLock);
 	PG_RETURN_INT64(ids[n - 1]);
@@ -1543,6 +1543,7 @@ EsDcbVerifyEnd(EsDcbVerifier *v)
 		memset(&app, 0, sizeof(app));
 		app.rels = *v->rels;
 		app.id = v->app_id;
+		app.log = EsLogOf(v->rels, v->app_id);
 		EsDcbScanBegin(&s, &app, v->snapshot);
 		scan = index_beginscan(v->rel, v->idx, v->snapshot, 1, 0);
 		index_rescan(scan, &key, 1, NULL, 0);

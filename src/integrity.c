@@ -342,8 +342,9 @@ static void
 EsReadChain(const EsRelations *rels, int32 app_id, const text *application,
 			pg_uuid_t *originator_id, EsChain *chain)
 {
-	Relation	events = table_open(rels->events, AccessShareLock);
-	Relation	idx = index_open(rels->events_version_idx, AccessShareLock);
+	EsLog		log = EsLogOf(rels, app_id);
+	Relation	events = table_open(log.relid, AccessShareLock);
+	Relation	idx = index_open(log.version_idx, AccessShareLock);
 	Snapshot	snapshot = RegisterSnapshot(GetActiveSnapshot());
 	IndexScanDesc scan;
 	ScanKeyData keys[2];
@@ -382,7 +383,7 @@ es_head(PG_FUNCTION_ARGS)
 	EsOpenApp(&app, fcinfo, 0, ES_PRIV_READ);
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app.id));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
-	if (!EsLastEventAttr(&app.rels, app.rels.events_version_idx, GetActiveSnapshot(), keys, 2,
+	if (!EsLastEventAttr(&app.log, app.log.version_idx, GetActiveSnapshot(), keys, 2,
 						 Anum_es_event_hash, &head))
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(head);
@@ -674,8 +675,9 @@ static void
 EsVerifyAllChains(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, text *application,
 				  EsDcbVerifier *dcb)
 {
-	Relation	events = table_open(rels->events, AccessShareLock);
-	Relation	idx = index_open(rels->events_version_idx, AccessShareLock);
+	EsLog		log = EsLogOf(rels, app_id);
+	Relation	events = table_open(log.relid, AccessShareLock);
+	Relation	idx = index_open(log.version_idx, AccessShareLock);
 	Snapshot	snapshot = RegisterSnapshot(GetActiveSnapshot());
 	IndexScanDesc scan;
 	ScanKeyData key;
@@ -795,8 +797,9 @@ EsVerifySeals(ReturnSetInfo *rsinfo, const EsRelations *rels, int32 app_id, text
 	uint8		previous[ES_HASH_LEN];
 	int64		prev_last = 0;
 	int64		expected_seal = 1;
-	Relation	events = table_open(rels->events, AccessShareLock);
-	Relation	pkey = index_open(rels->events_pkey, AccessShareLock);
+	EsLog		log = EsLogOf(rels, app_id);
+	Relation	events = table_open(log.relid, AccessShareLock);
+	Relation	pkey = index_open(log.pkey, AccessShareLock);
 	Snapshot	snapshot = RegisterSnapshot(GetActiveSnapshot());
 	TupleTableSlot *slot = table_slot_create(events, NULL);
 	SPITupleTable *seals;
@@ -973,18 +976,66 @@ es_append_only_guard(PG_FUNCTION_ARGS)
 /*
  * The drop guard: an event trigger on ddl_command_start that refuses DROP
  * EXTENSION eventsourcing, DROP SCHEMA of its schema and DROP OWNED BY its
- * owner while recorded events exist: the append-only store's easiest way to
- * lose everything.  The way out is the administrative path,
- * eventsourcing.allow_rewrite (superusers only).
+ * owner while recorded events exist, and DROP TABLE or DETACH PARTITION of an
+ * application's partition of es_stored_events while it holds events (the
+ * partitions are not members of the extension, so PostgreSQL alone would let
+ * them go): the append-only store's easiest ways to lose everything.  The way
+ * out is the administrative path, eventsourcing.allow_rewrite (superusers
+ * only).
+ */
+
+/* The relation `rv` names is one application's partition of es_stored_events. */
+static bool
+EsNamesLogPartition(RangeVar *rv, const EsRelations *rels, Oid *partition)
+{
+	Oid			relid = RangeVarGetRelid(rv, NoLock, true);
+
+	if (!EsIsLogPartition(rels, relid))
+		return false;
+	*partition = relid;
+	return true;
+}
+
+/*
+ * True when the command would drop our events: all of them (*partition left
+ * invalid) or those of the partition *partition.
  */
 static bool
-EsDropTargetsUs(Node *parsetree, const EsRelations *rels)
+EsDropTargetsUs(Node *parsetree, const EsRelations *rels, Oid *partition)
 {
+	*partition = InvalidOid;
+	if (IsA(parsetree, AlterTableStmt))
+	{
+		AlterTableStmt *stmt = (AlterTableStmt *) parsetree;
+		ListCell   *lc;
+
+		if (stmt->objtype != OBJECT_TABLE ||
+			RangeVarGetRelid(stmt->relation, NoLock, true) != rels->events)
+			return false;
+		foreach(lc, stmt->cmds)
+		{
+			AlterTableCmd *cmd = lfirst(lc);
+
+			if (cmd->subtype == AT_DetachPartition &&
+				EsNamesLogPartition(((PartitionCmd *) cmd->def)->name, rels, partition))
+				return true;
+		}
+		return false;
+	}
 	if (IsA(parsetree, DropStmt))
 	{
 		DropStmt   *stmt = (DropStmt *) parsetree;
 		ListCell   *lc;
 
+		if (stmt->removeType == OBJECT_TABLE)
+		{
+			foreach(lc, stmt->objects)
+			{
+				if (EsNamesLogPartition(makeRangeVarFromNameList(lfirst(lc)), rels, partition))
+					return true;
+			}
+			return false;
+		}
 		if (stmt->removeType != OBJECT_EXTENSION && stmt->removeType != OBJECT_SCHEMA)
 			return false;
 		foreach(lc, stmt->objects)
@@ -1028,6 +1079,7 @@ es_drop_guard(PG_FUNCTION_ARGS)
 	StringInfoData sql;
 	int64		events = 0;
 	bool		isnull;
+	Oid			partition;
 
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -1035,12 +1087,16 @@ es_drop_guard(PG_FUNCTION_ARGS)
 				 errmsg("es_drop_guard can only be called as an event trigger")));
 	trigdata = (EventTriggerData *) fcinfo->context;
 	if (es_allow_rewrite || !EsLookupRelationsIfInstalled(&rels) ||
-		!EsDropTargetsUs(trigdata->parsetree, &rels))
+		!EsDropTargetsUs(trigdata->parsetree, &rels, &partition))
 		PG_RETURN_VOID();
 
 	EsSpiBegin(&spi, &rels);
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT pg_catalog.count(*) FROM %s", EsQualifiedName(&rels, "es_stored_events"));
+	appendStringInfo(&sql, "SELECT pg_catalog.count(*) FROM %s",
+					 OidIsValid(partition) ?
+					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(partition)),
+												get_rel_name(partition)) :
+					 EsQualifiedName(&rels, "es_stored_events"));
 	if (SPI_execute(sql.data, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "eventsourcing: could not count the recorded events");
 	events = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -1048,8 +1104,14 @@ es_drop_guard(PG_FUNCTION_ARGS)
 	if (events > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-				 errmsg("%s would delete the " INT64_FORMAT " recorded events of extension \"%s\"",
-						GetCommandTagName(trigdata->tag), events, ES_EXTENSION_NAME),
+				 errmsg("%s would %s the " INT64_FORMAT " recorded events of %s \"%s\"%s",
+						GetCommandTagName(trigdata->tag),
+						IsA(trigdata->parsetree, AlterTableStmt) ? "take" : "delete", events,
+						OidIsValid(partition) ? "partition" : "extension",
+						OidIsValid(partition) ? get_rel_name(partition) : ES_EXTENSION_NAME,
+						IsA(trigdata->parsetree, AlterTableStmt) ? " out of the log" : ""),
+				 OidIsValid(partition) ?
+				 errdetail("Recorded events are append-only: the partition holds one application's log, which its seals and chains still cover.") :
 				 errdetail("Recorded events are append-only: dropping the extension drops them, with their seals, keys and tracking positions."),
 				 errhint("Dump them first (pg_dump keeps them); then a superuser can SET eventsourcing.allow_rewrite = on and drop it.")));
 	PG_RETURN_VOID();

@@ -255,9 +255,10 @@ EsHighestIdEver(const EsRelations *rels, int32 app_id)
 {
 	ScanKeyData key;
 	Datum		id;
+	EsLog		log = EsLogOf(rels, app_id);
 
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
-	if (!EsLastEventAttr(rels, rels->events_pkey, SnapshotAny, &key, 1,
+	if (!EsLastEventAttr(&log, log.pkey, SnapshotAny, &key, 1,
 						 Anum_es_notification_id, &id))
 		return 0;
 	return DatumGetInt64(id);

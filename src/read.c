@@ -157,8 +157,9 @@ EsLogScanBegin(EsLogScan *s, const EsRelations *rels, int32 app_id,
 	s->app_id = app_id;
 	s->expected = start;
 	s->collect_gaps = collect_gaps;
-	s->events = table_open(rels->events, AccessShareLock);
-	s->pkey = index_open(rels->events_pkey, AccessShareLock);
+	s->log = EsLogOf(rels, app_id);
+	s->events = table_open(s->log.relid, AccessShareLock);
+	s->pkey = index_open(s->log.pkey, AccessShareLock);
 	s->snapshot = RegisterSnapshot(GetActiveSnapshot());
 	EsGapResolverInit(&s->resolver, &s->rels, s->events, s->pkey, app_id, s->snapshot);
 	ScanKeyInit(&s->keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
@@ -399,8 +400,8 @@ es_events(PG_FUNCTION_ARGS)
 	EsOpenAppByName(&app, application, ES_PRIV_READ);
 	InitMaterializedSRF(fcinfo, 0);
 
-	events = table_open(app.rels.events, AccessShareLock);
-	idx = index_open(app.rels.events_version_idx, AccessShareLock);
+	events = table_open(app.log.relid, AccessShareLock);
+	idx = index_open(app.log.version_idx, AccessShareLock);
 	snapshot = RegisterSnapshot(GetActiveSnapshot());
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app.id));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
@@ -449,7 +450,7 @@ es_max_notification_id(PG_FUNCTION_ARGS)
 
 	EsOpenApp(&app, fcinfo, 0, ES_PRIV_READ);
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app.id));
-	if (!EsLastEventAttr(&app.rels, app.rels.events_pkey, GetActiveSnapshot(), &key, 1,
+	if (!EsLastEventAttr(&app.log, app.log.pkey, GetActiveSnapshot(), &key, 1,
 						 Anum_es_notification_id, &id))
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(id);

@@ -12,6 +12,7 @@
 typedef struct EsLogScan
 {
 	EsRelations rels;
+	EsLog		log;			/* the application's partition */
 	int32		app_id;
 	Relation	events;
 	Relation	pkey;

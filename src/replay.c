@@ -1558,11 +1558,12 @@ EsEventHashAt(const EsRelations *rels, int32 app_id, pg_uuid_t *originator_id, i
 {
 	ScanKeyData keys[3];
 	Datum		hash;
+	EsLog		log = EsLogOf(rels, app_id);
 
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app_id));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
 	ScanKeyInit(&keys[2], 3, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(version));
-	if (!EsLastEventAttr(rels, rels->events_version_idx, GetActiveSnapshot(), keys, 3,
+	if (!EsLastEventAttr(&log, log.version_idx, GetActiveSnapshot(), keys, 3,
 						 Anum_es_event_hash, &hash))
 		return NULL;
 	return DatumGetByteaPP(hash);
@@ -1694,8 +1695,8 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 	}
 
 	/* then the events after it */
-	events = table_open(rels->events, AccessShareLock);
-	idx = index_open(rels->events_version_idx, AccessShareLock);
+	events = table_open(app->log.relid, AccessShareLock);
+	idx = index_open(app->log.version_idx, AccessShareLock);
 	snapshot = RegisterSnapshot(GetActiveSnapshot());
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(app->id));
 	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(originator_id));
