@@ -968,7 +968,7 @@ BEGIN
     PERFORM dblink_exec('es_proxy_move_src', format(
         'BEGIN; SET LOCAL eventsourcing.allow_rewrite = on; '
         'DELETE FROM @extschema@.es_dcb_index WHERE application_id = %1$s; '
-        'DELETE FROM @extschema@.es_stored_events WHERE application_id = %1$s; '
+        'DROP TABLE @extschema@.es_stored_events_%1$s; '   -- the application's partition
         'DELETE FROM @extschema@.es_seals WHERE application_id = %1$s; '
         'DELETE FROM @extschema@.es_tracking WHERE application_id = %1$s; '
         'DELETE FROM @extschema@.es_watermarks WHERE application_id = %1$s; '

@@ -108,6 +108,12 @@ typedef struct EsAppCacheEntry
 	EsAppSettings settings;
 } EsAppCacheEntry;
 
+typedef struct EsLogCacheEntry
+{
+	int32		app_id;			/* key */
+	EsLog		log;
+} EsLogCacheEntry;
+
 /* Column numbers of es_applications. */
 #define Anum_es_app_id				1
 #define Anum_es_app_name			2
@@ -124,6 +130,32 @@ static bool callback_registered = false;
 static void
 EsInvalidateCaches(Datum arg, Oid relid)
 {
+	/*
+	 * The logs first, valid or not: attaching, detaching or dropping a
+	 * partition invalidates es_stored_events; replacing a partition's index
+	 * invalidates the partition.
+	 */
+	if (log_cache != NULL)
+	{
+		bool		stale = relid == InvalidOid || relid == rels_cache.events;
+		HASH_SEQ_STATUS seq;
+		EsLogCacheEntry *entry;
+
+		hash_seq_init(&seq, log_cache);
+		while (!stale && (entry = hash_seq_search(&seq)) != NULL)
+		{
+			if (entry->log.relid == relid)
+			{
+				hash_seq_term(&seq);
+				stale = true;
+			}
+		}
+		if (stale)
+		{
+			hash_destroy(log_cache);
+			log_cache = NULL;
+		}
+	}
 	if (!rels_valid)
 		return;
 	if (relid == InvalidOid || relid == rels_cache.events ||
@@ -135,12 +167,6 @@ EsInvalidateCaches(Datum arg, Oid relid)
 		{
 			hash_destroy(app_cache);
 			app_cache = NULL;
-		}
-		/* Attaching, detaching or dropping a partition lands here too. */
-		if (log_cache != NULL)
-		{
-			hash_destroy(log_cache);
-			log_cache = NULL;
 		}
 	}
 }
@@ -391,12 +417,6 @@ EsIsLogPartition(const EsRelations *rels, Oid relid)
 	return OidIsValid(relid) && get_rel_relispartition(relid) &&
 		get_partition_parent(relid, true) == rels->events;
 }
-
-typedef struct EsLogCacheEntry
-{
-	int32		app_id;			/* key */
-	EsLog		log;
-} EsLogCacheEntry;
 
 /*
  * The partition of es_stored_events that holds application app_id's events,

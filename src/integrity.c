@@ -45,6 +45,7 @@
 #include "catalog/pg_type.h"
 #include "catalog/namespace.h"
 #include "commands/event_trigger.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "nodes/parsenodes.h"
 #include "tcop/cmdtag.h"
@@ -1086,7 +1087,8 @@ es_drop_guard(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("es_drop_guard can only be called as an event trigger")));
 	trigdata = (EventTriggerData *) fcinfo->context;
-	if (es_allow_rewrite || !EsLookupRelationsIfInstalled(&rels) ||
+	/* An extension's own scripts (our upgrade renames and replaces tables) pass. */
+	if (es_allow_rewrite || creating_extension || !EsLookupRelationsIfInstalled(&rels) ||
 		!EsDropTargetsUs(trigdata->parsetree, &rels, &partition))
 		PG_RETURN_VOID();
 

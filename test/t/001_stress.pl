@@ -82,7 +82,7 @@ cmp_ok($node->safe_psql('postgres', q{
 # Again with a widened window between taking an id and indexing its tuple,
 # which only the writers' in-flight slots cover (rule (a) of ordering.c).
 like(es_widen_inflight_window($node, 'widened'),
-	qr/es_test_slow_idx.*es_stored_events_pkey/,
+	qr/es_test_slow_idx.*es_stored_events_\d+_pkey/,
 	'widened: a slow index is filled before the primary key');
 ($rc, $out) = es_run_driver(
 	writer_dsn          => $node->connstr('postgres'),

@@ -34,8 +34,13 @@ $primary->restart;
 $primary->safe_psql('postgres', q{
 CREATE FUNCTION es_test_slow(id bigint) RETURNS bigint LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN IF id BETWEEN 2 AND 7 THEN PERFORM pg_sleep(4); END IF; RETURN id; END $$;
-CREATE INDEX es_test_slow_idx ON es_stored_events (es_test_slow(notification_id));
-ALTER TABLE es_stored_events DROP CONSTRAINT es_stored_events_pkey, ADD CONSTRAINT es_stored_events_pkey PRIMARY KEY (application_id, notification_id);
+DO $do$
+DECLARE p text := 'es_stored_events_' || (SELECT id FROM es_applications WHERE name = 'x');  -- its partition
+BEGIN
+	EXECUTE format('CREATE INDEX es_test_slow_idx ON %I (es_test_slow(notification_id))', p);
+	EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I, ADD CONSTRAINT %I PRIMARY KEY (application_id, notification_id)',
+		p, p || '_pkey', p || '_pkey');
+END $do$;
 });
 my $slow = $primary->background_psql('postgres');
 $slow->query_until(qr/started/, q{\echo started

@@ -148,13 +148,15 @@ BEGIN
 	END IF;
 	RETURN id;
 END \$\$;
-CREATE INDEX es_test_slow_idx ON es_stored_events (es_test_slow(application_id, notification_id));
-ALTER TABLE es_stored_events DROP CONSTRAINT es_stored_events_pkey,
-	ADD CONSTRAINT es_stored_events_pkey PRIMARY KEY (application_id, notification_id);
+CREATE INDEX es_test_slow_idx ON es_stored_events_$app_id (es_test_slow(application_id, notification_id));
+ALTER TABLE es_stored_events_$app_id DROP CONSTRAINT es_stored_events_${app_id}_pkey,
+	ADD CONSTRAINT es_stored_events_${app_id}_pkey PRIMARY KEY (application_id, notification_id);
 });
+	# (the application's partition of es_stored_events: its indexes, in the
+	# order inserts fill them)
 	return $node->safe_psql('postgres',
 		"SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY indexrelid) "
-		  . "FROM pg_index WHERE indrelid = 'es_stored_events'::regclass");
+		  . "FROM pg_index WHERE indrelid = 'es_stored_events_$app_id'::regclass");
 }
 
 our %ES_WIDENED_LOAD = (hold_fraction => 0, prepared_fraction => 0, rollback_fraction => 0.05);

@@ -28,6 +28,17 @@ members AS (
            (pg_identify_object(d.classid, d.objid, d.objsubid)).identity AS identity
     FROM pg_depend d, ext
     WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'
+    -- and the partitions of member tables (each application's log), which are
+    -- not members but what es_create_application (or the upgrade) made: every
+    -- fact below applies to them too
+    UNION ALL
+    SELECT 'pg_class'::regclass, h.inhrelid, 0, 'partition (not a member)',
+           (pg_identify_object('pg_class'::regclass, h.inhrelid, 0)).identity
+    FROM pg_depend d, ext, pg_inherits h
+    WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'
+      AND d.classid = 'pg_class'::regclass AND h.inhparent = d.objid
+      AND NOT EXISTS (SELECT FROM pg_depend x WHERE x.classid = 'pg_class'::regclass AND x.objid = h.inhrelid
+                        AND x.refclassid = 'pg_extension'::regclass)
 ),
 facts(obj, what, val) AS (
     -- the extension itself
@@ -180,6 +191,10 @@ facts(obj, what, val) AS (
     -- inheritance
     UNION ALL SELECT m.type || ' ' || m.identity, 'inherits ' || h.inhseqno, h.inhparent::regclass::text
         FROM members m JOIN pg_inherits h ON m.classid = 'pg_class'::regclass AND h.inhrelid = m.objid
+    UNION ALL SELECT m.type || ' ' || m.identity, 'partitioning', concat_ws(' ', pg_get_partkeydef(c.oid),
+                     pg_get_expr(c.relpartbound, c.oid), 'kind', c.relkind::text)
+        FROM members m JOIN pg_class c ON m.classid = 'pg_class'::regclass AND c.oid = m.objid
+        WHERE c.relkind = 'p' OR c.relispartition
     -- sequences: parameters (not their current value) and ownership
     UNION ALL SELECT m.type || ' ' || m.identity, 'sequence',
                concat_ws(' ', format_type(s.seqtypid, NULL), 'start', s.seqstart, 'increment', s.seqincrement,
