@@ -58,6 +58,18 @@ DROP TABLE :empty_log;
 SELECT store.es_append('empty', '00000000-0000-0000-0000-000000000002', 1, 'Created', '{}');
 ROLLBACK;
 \echo :LAST_ERROR_SQLSTATE
+-- archiving an application: its partition detached on the administrative
+-- path (the application's calls then fail with XX001), and attached back
+-- with its events, chains and seals intact
+SELECT count(*) AS sealed FROM store.es_seal('keep');
+SET eventsourcing.allow_rewrite = on;
+ALTER TABLE store.es_stored_events DETACH PARTITION :keep_log;
+RESET eventsourcing.allow_rewrite;
+SELECT count(*) FROM store.es_select('keep', 1, 10);
+\echo :LAST_ERROR_SQLSTATE
+ALTER TABLE store.es_stored_events ATTACH PARTITION :keep_log FOR VALUES IN (1);
+SELECT count(*) AS events_back FROM store.es_select('keep', 1, 10);
+SELECT count(*) AS problems FROM store.es_verify_log('keep');
 -- other ALTER TABLE commands are not concerned
 CREATE TABLE other_table (x int);
 ALTER TABLE other_table ADD COLUMN y int;

@@ -141,13 +141,17 @@ EsInvalidateCaches(Datum arg, Oid relid)
 		HASH_SEQ_STATUS seq;
 		EsLogCacheEntry *entry;
 
-		hash_seq_init(&seq, log_cache);
-		while (!stale && (entry = hash_seq_search(&seq)) != NULL)
+		if (!stale)
 		{
-			if (entry->log.relid == relid)
+			hash_seq_init(&seq, log_cache);
+			while ((entry = hash_seq_search(&seq)) != NULL)
 			{
-				hash_seq_term(&seq);
-				stale = true;
+				if (entry->log.relid == relid)
+				{
+					hash_seq_term(&seq);
+					stale = true;
+					break;
+				}
 			}
 		}
 		if (stale)
@@ -419,14 +423,22 @@ EsIsLogPartition(const EsRelations *rels, Oid relid)
 }
 
 /*
- * The partition of es_stored_events that holds application app_id's events,
- * found by its name (es_add_log_partition names it; only the extension's
- * owner can rename it) and checked to be a partition of es_stored_events.
- * Cached per backend until es_stored_events' relcache entry is invalidated,
- * which attaching, detaching and dropping a partition all do.
+ * The partition of es_stored_events that holds application app_id's events
+ * (false when there is none: detached, or dropped), found by its name
+ * (es_add_log_partition names it; only the extension's owner can rename it)
+ * and checked to be a partition of es_stored_events, so a table of that name
+ * planted elsewhere is never read.  Cached per backend until the relcache
+ * entry of es_stored_events (attaching, detaching or dropping a partition) or
+ * of the partition (its indexes replaced) is invalidated.
+ *
+ * The C paths scan and insert into the partition itself, never through the
+ * parent: index scans and table_tuple_insert need a leaf, and skipping
+ * partition routing keeps the append path as short as before.  Attribute
+ * numbers are the parent's (es_add_log_partition makes partitions LIKE the
+ * parent, and no column of es_stored_events is ever dropped).
  */
-EsLog
-EsLogOf(const EsRelations *rels, int32 app_id)
+bool
+EsFindLog(const EsRelations *rels, int32 app_id, EsLog *found)
 {
 	EsLogCacheEntry *entry;
 	EsLog		log;
@@ -436,16 +448,15 @@ EsLogOf(const EsRelations *rels, int32 app_id)
 	{
 		entry = hash_search(log_cache, &app_id, HASH_FIND, NULL);
 		if (entry != NULL)
-			return entry->log;
+		{
+			*found = entry->log;
+			return true;
+		}
 	}
 	snprintf(name, sizeof(name), "es_stored_events_%d", app_id);
 	log.relid = get_relname_relid(name, rels->namespace);
 	if (!EsIsLogPartition(rels, log.relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("the log of application %d is missing: \"%s\" is not a partition of es_stored_events",
-						app_id, name),
-				 errhint("Restore the table from a dump, or ATTACH it back to es_stored_events.")));
+		return false;
 	snprintf(name, sizeof(name), "es_stored_events_%d_pkey", app_id);
 	log.pkey = EsRelid(rels->namespace, name);
 	snprintf(name, sizeof(name), "es_stored_events_%d_version_key", app_id);
@@ -464,6 +475,22 @@ EsLogOf(const EsRelations *rels, int32 app_id)
 	}
 	entry = hash_search(log_cache, &app_id, HASH_ENTER, NULL);
 	entry->log = log;
+	*found = log;
+	return true;
+}
+
+/* EsFindLog, for an application that must have its log. */
+EsLog
+EsLogOf(const EsRelations *rels, int32 app_id)
+{
+	EsLog		log;
+
+	if (!EsFindLog(rels, app_id, &log))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("the log of application %d is missing: \"es_stored_events_%d\" is not a partition of es_stored_events",
+						app_id, app_id),
+				 errhint("Restore the table from a dump, or ATTACH it back to es_stored_events.")));
 	return log;
 }
 

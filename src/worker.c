@@ -103,9 +103,14 @@ PGDLLEXPORT void es_worker_main(Datum main_arg);
 static bool
 EsAnnounce(const EsRelations *rels, int32 app_id, EsAppWatermark *w)
 {
-	int64		head = EsReadableHead(rels, app_id, w->announced);
+	int64		head;
 	StringInfoData payload;
+	EsLog		log;
 
+	/* An application whose log was detached (archived) has nothing to say. */
+	if (!EsFindLog(rels, app_id, &log))
+		return false;
+	head = EsReadableHead(rels, app_id, w->announced);
 	if (head <= w->announced)
 		return false;
 	/* Names never change: an application's id is never given to another. */
@@ -294,9 +299,11 @@ EsSealAll(void)
 		for (int i = 0; i < n; i++)
 		{
 			Datum		seal;
+			EsLog		log;
 
 			CHECK_FOR_INTERRUPTS();
-			(void) EsSealApplication(&rels, ids[i], names[i], &seal);
+			if (EsFindLog(&rels, ids[i], &log))	/* not while archived */
+				(void) EsSealApplication(&rels, ids[i], names[i], &seal);
 		}
 	}
 	PopActiveSnapshot();
