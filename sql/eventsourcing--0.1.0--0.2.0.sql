@@ -386,7 +386,10 @@ CREATE TRIGGER es_append_only_truncate BEFORE TRUNCATE ON @extschema@.es_stored_
 CREATE FUNCTION eventsourcing_internal.es_add_log_partition(app integer)
 RETURNS regclass
 LANGUAGE plpgsql
+-- (the caller's session settings do not choose where or how the log is stored)
 SET search_path = pg_catalog, pg_temp
+SET default_tablespace = ''
+SET default_table_access_method = heap
 AS $fn$
 DECLARE
     part text := 'es_stored_events_' || app;

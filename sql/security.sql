@@ -56,6 +56,16 @@ SELECT nextval('es_applications_id_seq');
 -- the next real append gets the next id: nothing was forged in between
 SELECT es_append('sec', '00000000-0000-0000-0000-00000000000a', 2, 'Deposited', '{"amount": 10}');
 
+-- mallory's session settings do not decide where the new application's log
+-- is stored (its partition is made as the extension's owner, with these pinned)
+SET default_tablespace = pg_global;
+SELECT es_create_application('sec_mallory_app');
+RESET default_tablespace;
+SELECT es_append('sec_mallory_app', '00000000-0000-0000-0000-00000000000c', 1, 'Opened', '{}') > 0 AS appended;
+SELECT count(*) AS partitions_outside_the_default_tablespace
+FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid
+WHERE i.inhparent = 'es_stored_events'::regclass AND c.reltablespace <> 0;
+
 -- 2. Nothing across applications without a privilege there.
 SELECT count(*) FROM es_select('sec_other', 1, 10);
 \echo :LAST_ERROR_SQLSTATE
