@@ -22,8 +22,8 @@
  * only note where the fields it reads lie, and makes JsonbValues of those
  * alone (the parser still checks all of the text); the default merge and fold
  * functions take the whole event, parsed by jsonb_in.  Nodes and the strings
- * kept in them are carved from an arena whose blocks a backend reuses from one
- * replay to the next: a palloc per node, and page faults on fresh memory, were
+ * kept in them are carved from an arena (es_state's blocks are reused from one
+ * call to the next): a palloc per node, and page faults on fresh memory, were
  * most of the folding's time.  The last topic's fold is kept (events of one
  * topic come in runs), and of an es_stored_event row only the four attributes
  * folding reads are taken.
@@ -114,12 +114,15 @@ StaticAssertDecl(ES_SCALAR_NODE_SIZE == MAXALIGN(ES_SCALAR_NODE_SIZE), "scalar n
  * never freed one by one, and a replay makes one or more per event, so a
  * palloc and a chunk header each were most of what folding cost.  What is
  * left is the memory itself: the pages a replay touches first are paid in
- * page faults, as much again as the folding.  So the blocks are not the
- * replay's: they come from a long-lived context, and when the replay's
- * context is reset or deleted (a reset callback, which also runs on errors)
- * they go back to a per-backend cache of at most ES_ARENA_CACHE_BYTES for the
- * next replay.  Blocks double from 8 kB to 1 MB, so an aggregate of a few
- * events takes one small block (GROUP BY may replay many at once).
+ * page faults, as much again as the folding.  So es_state's blocks are not
+ * its call's: they come from a long-lived context, and when the call's
+ * context goes (a reset callback, which also runs on errors) they go back to
+ * a per-backend cache of at most ES_ARENA_CACHE_BYTES for the next call.  The
+ * es_replay aggregate's blocks are its context's, freed with it: it runs
+ * beside es_events' row store, which is reused from query to query only if
+ * malloc has seen memory of that size freed before (keeping our blocks
+ * instead measured slower).  Blocks double from 8 kB to 1 MB, so an aggregate
+ * of a few events takes one small block (GROUP BY may replay many at once).
  */
 #define ES_ARENA_MIN_BLOCK	(8 * 1024)
 #define ES_ARENA_CLASSES	8	/* 8 kB << 0..7: up to 1 MB */
@@ -137,7 +140,8 @@ typedef struct EsArena
 	char	   *next;
 	char	   *end;
 	int			cls;			/* the class of the next block */
-	EsArenaBlock *blocks;		/* in use */
+	bool		reuse;			/* blocks from (and back to) the cache */
+	EsArenaBlock *blocks;		/* in use, when reused */
 	MemoryContextCallback release;
 } EsArena;
 
@@ -172,15 +176,19 @@ EsArenaRelease(void *arg)
 }
 
 static void
-EsArenaInit(EsArena *a, MemoryContext cxt)
+EsArenaInit(EsArena *a, MemoryContext cxt, bool reuse)
 {
 	a->cxt = cxt;
 	a->next = a->end = NULL;
 	a->cls = 0;
+	a->reuse = reuse;
 	a->blocks = NULL;
-	a->release.func = EsArenaRelease;
-	a->release.arg = a;
-	MemoryContextRegisterResetCallback(cxt, &a->release);
+	if (reuse)
+	{
+		a->release.func = EsArenaRelease;
+		a->release.arg = a;
+		MemoryContextRegisterResetCallback(cxt, &a->release);
+	}
 }
 
 /* size bytes; aligned (MAXALIGN) or not, for strings */
@@ -199,6 +207,16 @@ EsArenaAlloc(EsArena *a, Size size, bool aligned)
 		/* Large values get their own chunk, so a block's tail is not wasted. */
 		if (size > bsize / 4)
 			return MemoryContextAlloc(a->cxt, size);
+		if (!a->reuse)
+		{
+			a->next = MemoryContextAlloc(a->cxt, bsize);
+			a->end = a->next + bsize;
+			if (a->cls + 1 < ES_ARENA_CLASSES)
+				a->cls++;
+			p = a->next;
+			a->next += size;
+			return p;
+		}
 		if (es_arena_cache[a->cls] != NULL)
 		{
 			b = es_arena_cache[a->cls];
@@ -1247,7 +1265,7 @@ EsLoadFolds(EsReplay *r, const EsRelations *rels)
 }
 
 static EsReplay *
-EsReplayBegin(MemoryContext cxt, const EsRelations *rels, int32 app_id,
+EsReplayBegin(MemoryContext cxt, bool reuse_blocks, const EsRelations *rels, int32 app_id,
 			  const char *appname, Oid call_fold_fn)
 {
 	MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -1256,7 +1274,7 @@ EsReplayBegin(MemoryContext cxt, const EsRelations *rels, int32 app_id,
 	r->cxt = cxt;
 	r->app_id = app_id;
 	r->appname = pstrdup(appname);
-	EsArenaInit(&r->arena, cxt);
+	EsArenaInit(&r->arena, cxt, reuse_blocks);
 	r->root = EsNodeContainer(&r->arena, ES_OBJECT);
 	MemoryContextSwitchTo(old);
 	EsLoadFolds(r, rels);
@@ -1478,7 +1496,7 @@ EsReplayStart(FunctionCallInfo fcinfo, Oid call_fold_fn)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("es_replay transition functions must be called by the es_replay aggregate")));
 	EsOpenApp(&app, fcinfo, 1, ES_PRIV_READ);
-	return EsReplayBegin(aggcxt, &app.rels, app.id, app.cname, call_fold_fn);
+	return EsReplayBegin(aggcxt, false, &app.rels, app.id, app.cname, call_fold_fn);
 }
 
 static EsReplay *
@@ -1784,7 +1802,7 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 	EsStateResult res = {NULL, -1, NULL, 0, false};
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "es_state", ALLOCSET_DEFAULT_SIZES);
 	MemoryContext tmpcxt = AllocSetContextCreate(CurrentMemoryContext, "es_state event", ALLOCSET_DEFAULT_SIZES);
-	EsReplay   *r = EsReplayBegin(cxt, rels, app->id, app->cname, InvalidOid);
+	EsReplay   *r = EsReplayBegin(cxt, true, rels, app->id, app->cname, InvalidOid);
 	StringInfoData sql;
 	Oid			argtypes[4] = {INT4OID, UUIDOID, INT8OID, INT8OID};
 	Datum		values[4];

@@ -1,51 +1,54 @@
 #!/bin/bash
-# Two builds of the extension on run.sh's replay workload, interleaved in one
-# run (the machine's other load falls on both alike): this checkout, built and
-# installed into ES_PG_BIN's copy of PostgreSQL, against whatever build is
-# installed in BENCH_BASE_BIN (another relocated copy).  Two clusters, one per
-# copy, on Unix sockets only, so both may use ES_CLUSTER_PORT.
+# Two builds of the extension's library on run.sh's replay workload,
+# interleaved in one run (the machine's other load falls on both alike): this
+# checkout, built, against the library file BENCH_BASE_SO (say, a build of
+# main).  One cluster, run from ES_PG_BIN's relocated copy of PostgreSQL: the
+# copy's eventsourcing.so is swapped and the cluster restarted before each
+# build's turn, so both read the very same data files.  (Two clusters with the
+# same library differed by more than the builds: how much of its memory a
+# backend gets back from malloc without page faults depends on the cluster's
+# history.)
 #
-#   ES_PG_BIN=/tmp/pg-new/usr/lib/postgresql/15/bin ES_CLUSTER_PORT=54340 \
-#   BENCH_BASE_BIN=/tmp/pg-base/usr/lib/postgresql/15/bin bash test/bench/replay_ab.sh
+#   ES_PG_BIN=/tmp/pg-copy/usr/lib/postgresql/15/bin ES_CLUSTER_PORT=54340 \
+#   BENCH_BASE_SO=/tmp/base/eventsourcing.so bash test/bench/replay_ab.sh
 #
-# Prints the median latency of each query per build over BENCH_ROUNDS rounds
-# (BENCH_CALLS calls a round; each query runs on both builds back to back) and
-# its ratio to reading the same rows on that build.  BENCH_REUSE=1 keeps the
-# clusters and their data between runs (only the new build is reinstalled and
-# its cluster restarted); BENCH_KEEP=1 leaves them running (for perf).
+# BENCH_ALT_SO names a third library ("alt") to run alongside; BENCH_REUSE=1
+# keeps the cluster and its data from an earlier run.  Prints the median over
+# BENCH_ROUNDS rounds of pgbench's mean latency over BENCH_CALLS calls in one
+# connection (as run.sh measures), and its ratio to reading the same rows.
 source "$(dirname "$0")/../scripts/common.sh"
 
-[ -n "${BENCH_BASE_BIN:-}" ] && [ -n "${ES_PG_BIN:-}" ] || { echo "set ES_PG_BIN and BENCH_BASE_BIN" >&2; exit 2; }
+[ -n "${BENCH_BASE_SO:-}" ] && [ -n "${ES_PG_BIN:-}" ] || { echo "set ES_PG_BIN and BENCH_BASE_SO" >&2; exit 2; }
 ROUNDS=${BENCH_ROUNDS:-7}
-CALLS=${BENCH_CALLS:-10}
+CALLS=${BENCH_CALLS:-20}
 REPLAY_EVENTS=${BENCH_REPLAY_EVENTS:-10000}
-NEW_BIN=$ES_PG_BIN
-BUILDS="base new"
+BUILDS="base new${BENCH_ALT_SO:+ alt}"
 QUERIES="replay_read replay_declarative replay_columns state_full state_snapshot"
+NAME=ab
 
 ensure_packages
 build_and_install
-bin_of() { if [ "$1" = base ]; then echo "$BENCH_BASE_BIN"; else echo "$NEW_BIN"; fi; }
-# common.sh's cluster functions run PG_BIN's copy
-on() { PG_BIN=$(bin_of "$1"); cluster_env "ab-$1"; }
-cleanup() { for b in $BUILDS; do PG_BIN=$(bin_of "$b"); cluster_stop "ab-$b" || true; done; }
-[ "${BENCH_KEEP:-0}" = 1 ] || trap cleanup EXIT
-
+LIBDIR=$("$PG_BIN/pg_config" --pkglibdir)
 WORK=$(mktemp -d); chmod 777 "$WORK"
-for b in $BUILDS; do
-    PG_BIN=$(bin_of "$b")
-    if [ "${BENCH_REUSE:-0}" = 1 ] && [ -f "$(cluster_dir "ab-$b")/data/PG_VERSION" ]; then
-        cluster_start "ab-$b"
-        continue
-    fi
-    cluster_start "ab-$b" fresh
-    as_pg tee -a "$(cluster_dir "ab-$b")/data/postgresql.conf" >/dev/null <<CONF
+cp "$LIBDIR/eventsourcing.so" "$WORK/new.so"
+cp "$BENCH_BASE_SO" "$WORK/base.so"
+[ -z "${BENCH_ALT_SO:-}" ] || cp "$BENCH_ALT_SO" "$WORK/alt.so"
+# leaves this checkout's build installed
+trap 'cluster_stop $NAME; cp "$WORK/new.so" "$LIBDIR/eventsourcing.so.tmp" && mv "$LIBDIR/eventsourcing.so.tmp" "$LIBDIR/eventsourcing.so"; rm -rf "$WORK"' EXIT
+use() {
+    cluster_stop $NAME
+    cp "$WORK/$1.so" "$LIBDIR/eventsourcing.so.tmp" && mv "$LIBDIR/eventsourcing.so.tmp" "$LIBDIR/eventsourcing.so"
+    cluster_start $NAME >/dev/null 2>&1
+}
+
+if [ "${BENCH_REUSE:-0}" != 1 ] || [ ! -f "$(cluster_dir $NAME)/data/PG_VERSION" ]; then
+    cluster_start $NAME fresh
+    as_pg tee -a "$(cluster_dir $NAME)/data/postgresql.conf" >/dev/null <<CONF
 listen_addresses = ''
 shared_buffers = 256MB
 CONF
-    cluster_stop "ab-$b"; cluster_start "ab-$b"
-    on "$b"
-    "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
+    cluster_stop $NAME; cluster_start $NAME; cluster_env $NAME
+    psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
 CREATE EXTENSION eventsourcing;
 SELECT es_create_application('replay');
 SELECT es_define_fold('replay', 'Dog.Registered', '[{"op": "set", "path": "name", "from": "name"}, {"op": "set", "path": "tricks", "value": []}]');
@@ -62,7 +65,8 @@ SELECT count(*) FROM (VALUES ('00000000-0000-4000-8000-00000000d001'::uuid), ('0
         FROM generate_series($REPLAY_EVENTS - 99, $REPLAY_EVENTS) v));
 VACUUM ANALYZE es_stored_events;
 SQL
-done
+fi
+cluster_env $NAME
 echo "SELECT count(*), sum(octet_length(state)) FROM es_events('replay', '00000000-0000-4000-8000-00000000d001');" >"$WORK/replay_read.sql"
 echo "SELECT es_replay('replay', e) IS NOT NULL FROM es_events('replay', '00000000-0000-4000-8000-00000000d001') e;" >"$WORK/replay_declarative.sql"
 echo "SELECT es_replay('replay', originator_id, originator_version, topic, state) IS NOT NULL FROM es_events('replay', '00000000-0000-4000-8000-00000000d001');" >"$WORK/replay_columns.sql"
@@ -71,9 +75,9 @@ echo "SELECT es_state('replay', '00000000-0000-4000-8000-00000000d002') IS NOT N
 
 declare -A LAT
 for ((r = 1; r <= ROUNDS; r++)); do
-    for s in $QUERIES; do
-        for b in $BUILDS; do
-            on "$b"
+    for b in $BUILDS; do
+        use "$b"
+        for s in $QUERIES; do
             out=$("$PG_BIN/pgbench" -n -c 1 -t "$CALLS" -f "$WORK/$s.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
             lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
             log "round $r, $b, $s: $lat ms"
@@ -84,13 +88,19 @@ done
 
 median() { echo "$@" | tr ' ' '\n' | awk 'NF' | sort -g | awk '{v[NR] = $1} END {if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
-echo "Median of $ROUNDS interleaved rounds of $CALLS calls, one aggregate of $REPLAY_EVENTS events, $(nproc) cores ($(date -u +%Y-%m-%d))."
+echo "Median of $ROUNDS interleaved rounds of $CALLS calls (pgbench, one connection), one aggregate of $REPLAY_EVENTS events, $(nproc) cores ($(date -u +%Y-%m-%d))."
 echo
-echo "| query | base ms | base / read | new ms | new / read | new / base |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+header="| query |"; rule="| --- |"
+for b in $BUILDS; do header="$header $b ms | $b / read |"; rule="$rule ---: | ---: |"; done
+for b in $BUILDS; do [ "$b" = base ] || { header="$header $b / base |"; rule="$rule ---: |"; }; done
+echo "$header"; echo "$rule"
 for s in $QUERIES; do
-    bl=$(median ${LAT[base,$s]}); nl=$(median ${LAT[new,$s]})
-    br=$(median ${LAT[base,replay_read]}); nr=$(median ${LAT[new,replay_read]})
-    echo "| $s | $bl | $(ratio "$bl" "$br") | $nl | $(ratio "$nl" "$nr") | $(ratio "$nl" "$bl") |"
+    line="| $s |"
+    for b in $BUILDS; do
+        l=$(median ${LAT[$b,$s]}); line="$line $l | $(ratio "$l" "$(median ${LAT[$b,replay_read]})") |"
+    done
+    for b in $BUILDS; do
+        [ "$b" = base ] || line="$line $(ratio "$(median ${LAT[$b,$s]})" "$(median ${LAT[base,$s]})") |"
+    done
+    echo "$line"
 done
-rm -rf "$WORK"
