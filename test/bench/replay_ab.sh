@@ -13,9 +13,13 @@
 #   BENCH_BASE_SO=/tmp/base/eventsourcing.so bash test/bench/replay_ab.sh
 #
 # BENCH_ALT_SO names a third library ("alt") to run alongside; BENCH_REUSE=1
-# keeps the cluster and its data from an earlier run.  Prints the median over
-# BENCH_ROUNDS rounds of pgbench's mean latency over BENCH_CALLS calls in one
-# connection (as run.sh measures), and its ratio to reading the same rows.
+# keeps the cluster and its data from an earlier run.  Each query runs
+# BENCH_CALLS times in a new connection (as run.sh's pgbench does); printed
+# are the medians over BENCH_ROUNDS rounds of the mean time a call took, of
+# the CPU time its backend used (user + system, from /proc: far steadier than
+# the elapsed time on a loaded machine) and of its minor page faults (which
+# on this kind of virtual machine cost as much as the work), each with its
+# ratio to reading the same rows.
 source "$(dirname "$0")/../scripts/common.sh"
 
 [ -n "${BENCH_BASE_SO:-}" ] && [ -n "${ES_PG_BIN:-}" ] || { echo "set ES_PG_BIN and BENCH_BASE_SO" >&2; exit 2; }
@@ -73,34 +77,57 @@ echo "SELECT es_replay('replay', originator_id, originator_version, topic, state
 echo "SELECT es_state('replay', '00000000-0000-4000-8000-00000000d001') IS NOT NULL;" >"$WORK/state_full.sql"
 echo "SELECT es_state('replay', '00000000-0000-4000-8000-00000000d002') IS NOT NULL;" >"$WORK/state_snapshot.sql"
 
-declare -A LAT
+# one connection, CALLS calls: "elapsed_ms cpu_ms faults" per call
+measure() {
+    /usr/bin/python3 - "$PGHOST" "$PGPORT" "$CALLS" "$WORK/$1.sql" <<'PY'
+import os, sys, time, psycopg
+host, port, calls, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+query = open(path).read()
+tick = os.sysconf('SC_CLK_TCK')
+def usage(pid):
+    f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
+    return (int(f[11]) + int(f[12])) * 1000 / tick, int(f[7])
+with psycopg.connect(host=host, port=port, user='postgres', dbname='postgres', autocommit=True) as c:
+    pid = c.execute('SELECT pg_backend_pid()').fetchone()[0]
+    c0, f0 = usage(pid); t0 = time.perf_counter()
+    for _ in range(calls):
+        c.execute(query).fetchall()
+    t1 = time.perf_counter(); c1, f1 = usage(pid)
+print(f"{(t1 - t0) * 1000 / calls:.3f} {(c1 - c0) / calls:.3f} {(f1 - f0) / calls:.1f}")
+PY
+}
+
+declare -A LAT CPU FLT
 for ((r = 1; r <= ROUNDS; r++)); do
     for b in $BUILDS; do
         use "$b"
         for s in $QUERIES; do
-            out=$("$PG_BIN/pgbench" -n -c 1 -t "$CALLS" -f "$WORK/$s.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
-            lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
-            log "round $r, $b, $s: $lat ms"
-            LAT[$b,$s]="${LAT[$b,$s]:-} $lat"
+            read -r lat cpu flt < <(measure "$s")
+            log "round $r, $b, $s: $lat ms, $cpu ms CPU, $flt page faults a call"
+            LAT[$b,$s]="${LAT[$b,$s]:-} $lat"; CPU[$b,$s]="${CPU[$b,$s]:-} $cpu"; FLT[$b,$s]="${FLT[$b,$s]:-} $flt"
         done
     done
 done
 
 median() { echo "$@" | tr ' ' '\n' | awk 'NF' | sort -g | awk '{v[NR] = $1} END {if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
-echo "Median of $ROUNDS interleaved rounds of $CALLS calls (pgbench, one connection), one aggregate of $REPLAY_EVENTS events, $(nproc) cores ($(date -u +%Y-%m-%d))."
-echo
-header="| query |"; rule="| --- |"
-for b in $BUILDS; do header="$header $b ms | $b / read |"; rule="$rule ---: | ---: |"; done
-for b in $BUILDS; do [ "$b" = base ] || { header="$header $b / base |"; rule="$rule ---: |"; }; done
-echo "$header"; echo "$rule"
-for s in $QUERIES; do
-    line="| $s |"
-    for b in $BUILDS; do
-        l=$(median ${LAT[$b,$s]}); line="$line $l | $(ratio "$l" "$(median ${LAT[$b,replay_read]})") |"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b == 0) print "-"; else printf "%.2f", a / b}'; }
+echo "Medians of $ROUNDS interleaved rounds of $CALLS calls in one connection, one aggregate of $REPLAY_EVENTS events, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) ($(date -u +%Y-%m-%d))."
+for what in LAT:"elapsed ms a call" CPU:"backend CPU ms a call" FLT:"page faults a call"; do
+    var=${what%%:*}; declare -n M=$var
+    echo
+    header="| $var: ${what#*:} |"; rule="| --- |"
+    for b in $BUILDS; do header="$header $b | $b / read |"; rule="$rule ---: | ---: |"; done
+    for b in $BUILDS; do [ "$b" = base ] || { header="$header $b / base |"; rule="$rule ---: |"; }; done
+    echo "$header"; echo "$rule"
+    for s in $QUERIES; do
+        line="| $s |"
+        for b in $BUILDS; do
+            l=$(median ${M[$b,$s]}); line="$line $l | $(ratio "$l" "$(median ${M[$b,replay_read]})") |"
+        done
+        for b in $BUILDS; do
+            [ "$b" = base ] || line="$line $(ratio "$(median ${M[$b,$s]})" "$(median ${M[base,$s]})") |"
+        done
+        echo "$line"
     done
-    for b in $BUILDS; do
-        [ "$b" = base ] || line="$line $(ratio "$(median ${LAT[$b,$s]})" "$(median ${LAT[base,$s]})") |"
-    done
-    echo "$line"
+    unset -n M
 done
