@@ -196,3 +196,89 @@ SELECT es_state('ops', '0b0b0b0b-0000-4000-8000-000000000001');
 -- removing a fold returns its topic to the default
 SELECT es_define_fold('dogs', 'dogschool:Dog.TrickAdded', NULL);
 SELECT es_state('dogs', 'd0d0d0d0-0000-4000-8000-000000000001', 3);
+
+-- Folding many events: the partial parse ('Fields') against the whole event
+-- ('Whole') over 300 generated events each (escapes in keys and values,
+-- surrogate pairs, exponents, duplicate keys, nested and missing paths,
+-- arrays, strings long enough to take their own allocation), version by
+-- version, and es_replay's two forms against es_state.
+SELECT count(*) FROM (VALUES ('0c0c0c0c-0000-4000-8000-000000000003'::uuid, 'Fields'), ('0c0c0c0c-0000-4000-8000-000000000004'::uuid, 'Whole')) t(id, topic),
+    LATERAL generate_series(1, 300) v,
+    LATERAL es_append('pick', t.id, v, t.topic, convert_to(
+        CASE v % 7
+            WHEN 0 THEN format('{"s": %s, "n": %s, "x": %s, "z": null, "a": {"b": {"c": %s}}}',
+                               to_json('v' || v || E' caf\u00e9 "quoted" \\ tab\t'), v || 'e-2', v, v * 2)
+            WHEN 1 THEN format('{"\u0073": "key escaped %s", "n": -%s.25E+1, "x": "\ud83d\ude00 %s", "obj": {"k%s": [%s, {"d": true}]}}', v, v, v, v % 4, v)
+            WHEN 2 THEN format('{"s": "first %s", "s": "last %s", "a": {"b": {"c": "first"}}, "a": {"b": {"c": "last %s"}}, "n": 0.%s}', v, v, v, v)
+            WHEN 3 THEN format('{"x": %s, "arr": [1, [2, {"s": "not this"}], {"a": {"b": {"c": 0}}}], "f": %s}',
+                               to_json(repeat(chr(65 + v % 26), 3000 + v)), CASE WHEN v % 2 = 0 THEN 'true' ELSE 'false' END)
+            WHEN 4 THEN format('{"other": {"s": "nested, not read", "n": 1}, "a": 5, "x": [%s, "%s"], "n": 1E2}', v, v)
+            WHEN 5 THEN format('  { "s" : "spaced %s" , "n" : %s , "a" : { "b" : { "c" : { "deep" : [ %s ] } } } }  ', v, v, v)
+            ELSE format('{"a": {"b": {}}, "x": {"y": [true, null, %s]}, "f": null, "obj": {"k": {"j": %s}}, "z": %s}', v, v, v)
+        END, 'UTF8')) s;
+SELECT count(*) AS versions, count(*) FILTER (WHERE f IS DISTINCT FROM w) AS different
+FROM generate_series(1, 300) v,
+     LATERAL (SELECT es_state('pick', '0c0c0c0c-0000-4000-8000-000000000003', v) - 'list' AS f) a,
+     LATERAL (SELECT es_state('pick', '0c0c0c0c-0000-4000-8000-000000000004', v) - 'list' AS w) b;
+SELECT f = w AS same, jsonb_array_length(f->'list') AS appended, f->'sum' AS sum, f->'s' AS s, f->'deep' AS deep, f->'m' AS m
+FROM (SELECT es_state('pick', '0c0c0c0c-0000-4000-8000-000000000003') AS f,
+             es_state('pick', '0c0c0c0c-0000-4000-8000-000000000004') AS w) s;
+SELECT (SELECT es_replay('pick', e) FROM es_events('pick', '0c0c0c0c-0000-4000-8000-000000000003') e)
+       = es_state('pick', '0c0c0c0c-0000-4000-8000-000000000003') AS row_same,
+       (SELECT es_replay('pick', originator_id, originator_version, topic, state) FROM es_events('pick', '0c0c0c0c-0000-4000-8000-000000000004'))
+       = es_state('pick', '0c0c0c0c-0000-4000-8000-000000000003') AS columns_same;
+-- the running state (es_replay as a window function) is the state at each version
+SELECT count(*) FILTER (WHERE r.state IS DISTINCT FROM es_state('pick', '0c0c0c0c-0000-4000-8000-000000000003', r.v)) AS different
+FROM (SELECT originator_version AS v, es_replay('pick', e) OVER (ORDER BY originator_version) AS state
+      FROM es_events('pick', '0c0c0c0c-0000-4000-8000-000000000003') e) r;
+-- many replays in one query, each folding every other event of the one aggregate
+SELECT count(DISTINCT state) AS states, count(*) AS replays
+FROM (SELECT v % 2 AS half, es_replay('pick', e ORDER BY originator_version) AS state
+      FROM es_events('pick', '0c0c0c0c-0000-4000-8000-000000000004') e, generate_series(1, 2) v
+      GROUP BY half, originator_version % 50) s;
+-- a replay that fails halfway leaves nothing behind for the next one
+SELECT es_replay('pick', ROW(e.originator_id, e.originator_version, e.topic,
+                             CASE WHEN e.originator_version = 200 THEN convert_to('{"s": "x", "unread": [1,}', 'UTF8') ELSE e.state END,
+                             e.recorded_at, e.event_hash)::es_stored_event)
+FROM es_events('pick', '0c0c0c0c-0000-4000-8000-000000000003') e;
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_replay('pick', e) = es_state('pick', '0c0c0c0c-0000-4000-8000-000000000003') AS same_after_error
+FROM es_events('pick', '0c0c0c0c-0000-4000-8000-000000000003') e;
+
+-- Invalid JSON where a fold reads nothing is still refused (22P02), and bytes
+-- that are not text (22021), naming the event
+SELECT es_replay('pick', ROW('0c0c0c0c-0000-4000-8000-000000000009'::uuid, 1, 'Fields', convert_to(body, 'UTF8'), now(), NULL)::es_stored_event)
+FROM (VALUES ('{"s": "ok", "unread": "bad \x escape"}')) b(body);
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_replay('pick', ROW('0c0c0c0c-0000-4000-8000-000000000009'::uuid, 1, 'Fields', convert_to(body, 'UTF8'), now(), NULL)::es_stored_event)
+FROM (VALUES ('{"s": "ok", "unread": {"a": 1} "b"}')) b(body);
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_replay('pick', ROW('0c0c0c0c-0000-4000-8000-000000000009'::uuid, 1, 'Fields', convert_to(body, 'UTF8'), now(), NULL)::es_stored_event)
+FROM (VALUES ('{"s": "ok"} trailing')) b(body);
+\echo :LAST_ERROR_SQLSTATE
+SELECT es_replay('pick', ROW('0c0c0c0c-0000-4000-8000-000000000009'::uuid, 1, 'Fields', state, now(), NULL)::es_stored_event)
+FROM (VALUES ('\x7b2273223a20226f6b222c2022223a2022ff227d'::bytea)) b(state);
+\echo :LAST_ERROR_SQLSTATE
+
+-- A document whose root is not an object (init with a scalar, or the
+-- application's fold function returning an array or a scalar), then fields
+-- set or merged into it: the root becomes an object, as it always did
+SELECT es_create_application('roots');
+SELECT es_define_fold('roots', 'Scalar', '[{"op": "init", "value": 7}]');
+SELECT es_define_fold('roots', 'Set', '[{"op": "set", "path": "a.b", "from": "v"}, {"op": "append", "path": "l", "from": "v"}]');
+SELECT es_define_fold('roots', 'Merge', '[{"op": "merge", "from": "o"}]');
+CREATE FUNCTION roots_fold(state jsonb, topic text, event jsonb) RETURNS jsonb LANGUAGE sql
+    AS $$ SELECT CASE WHEN event ? 'root' THEN event->'root' ELSE state || event END $$;
+SELECT es_set_fold_function('roots', 'roots_fold');
+SELECT t, es_replay('roots', ROW('0d0d0d0d-0000-4000-8000-000000000001'::uuid, v, t, convert_to(b, 'UTF8'), now(), NULL)::es_stored_event ORDER BY v)
+FROM (VALUES (1, 'Scalar', '{}'), (2, 'Set', '{"v": 1}'), (3, 'Merge', '{"o": {"m": [2]}}'), (4, 'Set', '{"v": "two"}')) e(v, t, b)
+GROUP BY GROUPING SETS ((t), ()) ORDER BY t NULLS LAST;
+SELECT es_replay('roots', ROW('0d0d0d0d-0000-4000-8000-000000000002'::uuid, v, t, convert_to(b, 'UTF8'), now(), NULL)::es_stored_event ORDER BY v)
+FROM (VALUES (1, 'Fn', '{"root": [1, {"x": 2}]}'), (2, 'Merge', '{"o": {"m": 1}}')) e(v, t, b);
+SELECT es_replay('roots', ROW('0d0d0d0d-0000-4000-8000-000000000003'::uuid, v, t, convert_to(b, 'UTF8'), now(), NULL)::es_stored_event ORDER BY v)
+FROM (VALUES (1, 'Fn', '{"root": "a string"}'), (2, 'Set', '{"v": null}'), (3, 'Fn', '{"root": [[1], 2]}'), (4, 'Set', '{"v": false}'),
+             (5, 'Scalar', '{}'), (6, 'Fn', '{"k": "merged"}')) e(v, t, b);
+-- topics that alternate, and one longer than any fold's topic may be (no fold: the fold function)
+SELECT es_replay('roots', ROW('0d0d0d0d-0000-4000-8000-000000000004'::uuid, v, t, convert_to(b, 'UTF8'), now(), NULL)::es_stored_event ORDER BY v)
+FROM (VALUES (1, 'Set', '{"v": 1}'), (2, repeat('T', 2000), '{"long": true}'), (3, 'Set', '{"v": 2}'),
+             (4, 'Fn', '{"u": 1}'), (5, 'Set', '{"v": 3}'), (6, repeat('T', 2000), '{"long": 2}')) e(v, t, b);

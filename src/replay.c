@@ -12,9 +12,21 @@
  * Declarative folds are lists of operations run here, in C, on a mutable
  * document: nodes that are either a PostgreSQL JsonbValue (scalars, and whole
  * subtrees still in binary jsonb form, expanded only when something inside
- * them changes) or an object or array of nodes.  Events are parsed with
- * jsonb_in and the state is written back with pushJsonbValue, so folding is
- * linear in the number of events: appending to a list does not copy it.
+ * them changes) or an object or array of nodes.  The state is written back
+ * with pushJsonbValue, so folding is linear in the number of events:
+ * appending to a list does not copy it.
+ *
+ * What a replay costs is mostly parsing and memory, so it does as little of
+ * either as it can.  A fold that reads fields of its events (no "from": "")
+ * runs each event through PostgreSQL's JSON parser with semantic actions that
+ * only note where the fields it reads lie, and makes JsonbValues of those
+ * alone (the parser still checks all of the text); the default merge and fold
+ * functions take the whole event, parsed by jsonb_in.  Nodes and the strings
+ * kept in them are carved from an arena (es_state's blocks are reused from one
+ * call to the next): a palloc per node, and page faults on fresh memory, were
+ * most of the folding's time.  The last topic's fold is kept (events of one
+ * topic come in runs), and of an es_stored_event row only the four attributes
+ * folding reads are taken.
  *
  * es_state starts from the latest snapshot at or below the requested version
  * (made with the current fold definitions) and folds only the events after it.
@@ -75,12 +87,16 @@ typedef enum EsNodeKind
 } EsNodeKind;
 
 /*
- * 64 bytes, so a node is one 64-byte chunk: replaying a long list makes a node
- * per element.  Arrays hold max(4, the power of two at or above n) items.
+ * A container node is 64 bytes; a scalar that is an object's or array's item
+ * is only its first 40 (ES_SCALAR_NODE_SIZE): replaying a long list makes a
+ * node per element.  Only nodes that are `full` are ever turned into
+ * containers in place (binary values when expanded, and the root).  Arrays
+ * hold max(4, the power of two at or above n) items.
  */
 typedef struct EsNode
 {
-	EsNodeKind	kind;
+	uint8		kind;			/* EsNodeKind */
+	bool		full;			/* has the container fields below */
 	int			n;				/* ES_OBJECT, ES_ARRAY: items used */
 	JsonbValue	value;			/* ES_VALUE */
 	char	  **keys;			/* ES_OBJECT */
@@ -88,43 +104,209 @@ typedef struct EsNode
 	struct EsNode **items;
 } EsNode;
 
-StaticAssertDecl(SIZEOF_VOID_P != 8 || sizeof(EsNode) == 64, "EsNode is one 64-byte chunk");
+#define ES_SCALAR_NODE_SIZE offsetof(EsNode, keys)
+
+StaticAssertDecl(SIZEOF_VOID_P != 8 || sizeof(EsNode) == 64, "EsNode is 64 bytes");
+StaticAssertDecl(ES_SCALAR_NODE_SIZE == MAXALIGN(ES_SCALAR_NODE_SIZE), "scalar nodes stay aligned");
+
+/*
+ * Nodes, keys and kept strings are carved from blocks (an arena): they are
+ * never freed one by one, and a replay makes one or more per event, so a
+ * palloc and a chunk header each were most of what folding cost.  What is
+ * left is the memory itself: the pages a replay touches first are paid in
+ * page faults, as much again as the folding.  So es_state's blocks are not
+ * its call's: they come from a long-lived context, and when the call's
+ * context goes (a reset callback, which also runs on errors) they go back to
+ * a per-backend cache of at most ES_ARENA_CACHE_BYTES for the next call.  The
+ * es_replay aggregate's blocks are its context's, freed with it: it runs
+ * beside es_events' row store, which is reused from query to query only if
+ * malloc has seen memory of that size freed before (keeping our blocks
+ * instead measured slower).  Blocks double from 8 kB to 1 MB, so an aggregate
+ * of a few events takes one small block (GROUP BY may replay many at once).
+ */
+#define ES_ARENA_MIN_BLOCK	(8 * 1024)
+#define ES_ARENA_CLASSES	8	/* 8 kB << 0..7: up to 1 MB */
+#define ES_ARENA_CACHE_BYTES (4 * 1024 * 1024)
+
+typedef struct EsArenaBlock
+{
+	struct EsArenaBlock *next;
+	int			cls;			/* its size is ES_ARENA_MIN_BLOCK << cls */
+} EsArenaBlock;
+
+typedef struct EsArena
+{
+	MemoryContext cxt;			/* the replay's: for values too large for a block */
+	char	   *next;
+	char	   *end;
+	int			cls;			/* the class of the next block */
+	bool		reuse;			/* blocks from (and back to) the cache */
+	EsArenaBlock *blocks;		/* in use, when reused */
+	MemoryContextCallback release;
+} EsArena;
+
+static MemoryContext es_arena_cxt = NULL;
+static EsArenaBlock *es_arena_cache[ES_ARENA_CLASSES];
+static Size es_arena_cached = 0;
+
+/* The replay's context is going: its blocks go to the cache, or are freed. */
+static void
+EsArenaRelease(void *arg)
+{
+	EsArena    *a = (EsArena *) arg;
+	EsArenaBlock *b = a->blocks;
+
+	while (b != NULL)
+	{
+		EsArenaBlock *next = b->next;
+		Size		size = (Size) ES_ARENA_MIN_BLOCK << b->cls;
+
+		if (es_arena_cached + size <= ES_ARENA_CACHE_BYTES)
+		{
+			b->next = es_arena_cache[b->cls];
+			es_arena_cache[b->cls] = b;
+			es_arena_cached += size;
+		}
+		else
+			pfree(b);
+		b = next;
+	}
+	a->blocks = NULL;
+	a->next = a->end = NULL;
+}
+
+static void
+EsArenaInit(EsArena *a, MemoryContext cxt, bool reuse)
+{
+	a->cxt = cxt;
+	a->next = a->end = NULL;
+	a->cls = 0;
+	a->reuse = reuse;
+	a->blocks = NULL;
+	if (reuse)
+	{
+		a->release.func = EsArenaRelease;
+		a->release.arg = a;
+		MemoryContextRegisterResetCallback(cxt, &a->release);
+	}
+}
+
+/* size bytes; aligned (MAXALIGN) or not, for strings */
+static void *
+EsArenaAlloc(EsArena *a, Size size, bool aligned)
+{
+	char	   *p;
+
+	if (aligned && a->next != NULL)
+		a->next = (char *) MAXALIGN(a->next);
+	if (a->next == NULL || (Size) (a->end - a->next) < size)
+	{
+		Size		bsize = (Size) ES_ARENA_MIN_BLOCK << a->cls;
+		EsArenaBlock *b;
+
+		/* Large values get their own chunk, so a block's tail is not wasted. */
+		if (size > bsize / 4)
+			return MemoryContextAlloc(a->cxt, size);
+		if (!a->reuse)
+		{
+			a->next = MemoryContextAlloc(a->cxt, bsize);
+			a->end = a->next + bsize;
+			if (a->cls + 1 < ES_ARENA_CLASSES)
+				a->cls++;
+			p = a->next;
+			a->next += size;
+			return p;
+		}
+		if (es_arena_cache[a->cls] != NULL)
+		{
+			b = es_arena_cache[a->cls];
+			es_arena_cache[a->cls] = b->next;
+			es_arena_cached -= bsize;
+		}
+		else
+		{
+			if (es_arena_cxt == NULL)
+				es_arena_cxt = AllocSetContextCreate(TopMemoryContext, "eventsourcing replay blocks",
+													 ALLOCSET_DEFAULT_SIZES);
+			b = MemoryContextAlloc(es_arena_cxt, bsize);
+		}
+		b->cls = a->cls;
+		b->next = a->blocks;
+		a->blocks = b;
+		a->next = (char *) b + MAXALIGN(sizeof(EsArenaBlock));
+		a->end = (char *) b + bsize;
+		if (a->cls + 1 < ES_ARENA_CLASSES)
+			a->cls++;
+	}
+	p = a->next;
+	a->next += size;
+	return p;
+}
+
+static char *
+EsArenaStrdup(EsArena *a, const char *s, int len)
+{
+	char	   *p = EsArenaAlloc(a, len + 1, false);
+
+	memcpy(p, s, len);
+	p[len] = '\0';
+	return p;
+}
 
 static EsNode *
-EsNodeValue(const JsonbValue *v)
+EsNodeAlloc(EsArena *a, EsNodeKind kind, bool full)
 {
-	EsNode	   *n = palloc0(sizeof(EsNode));
+	EsNode	   *n = EsArenaAlloc(a, full ? sizeof(EsNode) : ES_SCALAR_NODE_SIZE, true);
 
-	n->kind = ES_VALUE;
+	memset(n, 0, full ? sizeof(EsNode) : ES_SCALAR_NODE_SIZE);
+	n->kind = kind;
+	n->full = full;
+	return n;
+}
+
+/* A value as an item: binary objects and arrays may be expanded later. */
+static EsNode *
+EsNodeValue(EsArena *a, const JsonbValue *v)
+{
+	EsNode	   *n = EsNodeAlloc(a, ES_VALUE, v->type == jbvBinary);
+
+	n->value = *v;
+	return n;
+}
+
+/* A value as a document's root, which may become an object in place. */
+static EsNode *
+EsNodeRoot(EsArena *a, const JsonbValue *v)
+{
+	EsNode	   *n = EsNodeAlloc(a, ES_VALUE, true);
+
 	n->value = *v;
 	return n;
 }
 
 static EsNode *
-EsNodeContainer(EsNodeKind kind)
+EsNodeContainer(EsArena *a, EsNodeKind kind)
 {
-	EsNode	   *n = palloc0(sizeof(EsNode));
-
-	n->kind = kind;
-	return n;
+	return EsNodeAlloc(a, kind, true);
 }
 
 static void
-EsNodeGrow(EsNode *n)
+EsNodeGrow(EsArena *a, EsNode *n)
 {
 	int			cap;
 
+	Assert(n->full);
 	if (n->items != NULL && (n->n < 4 || (n->n & (n->n - 1)) != 0))
 		return;					/* room for one more */
 	cap = n->items == NULL ? 4 : n->n * 2;
 	n->items = n->items ? repalloc(n->items, sizeof(EsNode *) * cap)
-		: palloc(sizeof(EsNode *) * cap);
+		: MemoryContextAlloc(a->cxt, sizeof(EsNode *) * cap);
 	if (n->kind == ES_OBJECT)
 	{
 		n->keys = n->keys ? repalloc(n->keys, sizeof(char *) * cap)
-			: palloc(sizeof(char *) * cap);
+			: MemoryContextAlloc(a->cxt, sizeof(char *) * cap);
 		n->keylens = n->keylens ? repalloc(n->keylens, sizeof(int) * cap)
-			: palloc(sizeof(int) * cap);
+			: MemoryContextAlloc(a->cxt, sizeof(int) * cap);
 	}
 }
 
@@ -140,7 +322,7 @@ EsNodeIsBinary(const EsNode *n, int jtype)
 
 /* Turns a binary object or array into nodes, one level deep. */
 static void
-EsNodeExpand(EsNode *n)
+EsNodeExpand(EsArena *a, EsNode *n)
 {
 	JsonbIterator *it;
 	JsonbValue	v;
@@ -151,6 +333,7 @@ EsNodeExpand(EsNode *n)
 
 	if (!EsNodeIsBinary(n, jbvObject) && !EsNodeIsBinary(n, jbvArray))
 		return;
+	Assert(n->full);
 	is_object = JsonContainerIsObject(n->value.val.binary.data);
 	it = JsonbIteratorInit(n->value.val.binary.data);
 	n->kind = is_object ? ES_OBJECT : ES_ARRAY;
@@ -167,13 +350,13 @@ EsNodeExpand(EsNode *n)
 		}
 		else if (tok == WJB_VALUE || tok == WJB_ELEM)
 		{
-			EsNodeGrow(n);
+			EsNodeGrow(a, n);
 			if (is_object)
 			{
 				n->keys[n->n] = key;
 				n->keylens[n->n] = keylen;
 			}
-			n->items[n->n++] = EsNodeValue(&v);
+			n->items[n->n++] = EsNodeValue(a, &v);
 		}
 	}
 }
@@ -188,11 +371,11 @@ EsObjectFind(const EsNode *obj, const char *key, int keylen)
 }
 
 static EsNode *
-EsObjectGet(EsNode *obj, const char *key, int keylen)
+EsObjectGet(EsArena *a, EsNode *obj, const char *key, int keylen)
 {
 	int			i;
 
-	EsNodeExpand(obj);
+	EsNodeExpand(a, obj);
 	if (obj->kind != ES_OBJECT)
 		return NULL;
 	i = EsObjectFind(obj, key, keylen);
@@ -200,7 +383,7 @@ EsObjectGet(EsNode *obj, const char *key, int keylen)
 }
 
 static void
-EsObjectSet(EsNode *obj, const char *key, int keylen, EsNode *value)
+EsObjectSet(EsArena *a, EsNode *obj, const char *key, int keylen, EsNode *value)
 {
 	int			i = EsObjectFind(obj, key, keylen);
 
@@ -209,8 +392,8 @@ EsObjectSet(EsNode *obj, const char *key, int keylen, EsNode *value)
 		obj->items[i] = value;
 		return;
 	}
-	EsNodeGrow(obj);
-	obj->keys[obj->n] = pnstrdup(key, keylen);
+	EsNodeGrow(a, obj);
+	obj->keys[obj->n] = EsArenaStrdup(a, key, keylen);
 	obj->keylens[obj->n] = keylen;
 	obj->items[obj->n++] = value;
 }
@@ -272,19 +455,19 @@ EsDocumentToJsonb(EsNode *root)
 
 /* A document for a jsonb value (kept binary until something changes). */
 static EsNode *
-EsDocumentFromJsonb(Jsonb *jb)
+EsDocumentFromJsonb(EsArena *a, Jsonb *jb)
 {
 	JsonbValue	v;
 
 	if (JB_ROOT_IS_SCALAR(jb))
 	{
 		(void) JsonbExtractScalar(&jb->root, &v);
-		return EsNodeValue(&v);
+		return EsNodeRoot(a, &v);
 	}
 	v.type = jbvBinary;
 	v.val.binary.data = &jb->root;
 	v.val.binary.len = VARSIZE(jb) - VARHDRSZ;
-	return EsNodeValue(&v);
+	return EsNodeRoot(a, &v);
 }
 
 /* ---------------------------------------------------------------------
@@ -647,11 +830,12 @@ EsSourceFieldEnd(void *state, char *fname, bool isnull)
 
 /*
  * The JSON text `json` (len bytes, a value the parser accepted) as a
- * JsonbValue allocated in cxt.
+ * JsonbValue allocated in the arena (strings) or its context.
  */
 static void
-EsSourceValue(char *json, int len, MemoryContext cxt, JsonbValue *out)
+EsSourceValue(char *json, int len, EsArena *a, JsonbValue *out)
 {
+	MemoryContext cxt = a->cxt;
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 
 	/* A string without escapes is its bytes; one with escapes goes to jsonb_in. */
@@ -663,7 +847,7 @@ EsSourceValue(char *json, int len, MemoryContext cxt, JsonbValue *out)
 					 errmsg("string too long to represent as jsonb string")));
 		out->type = jbvString;
 		out->val.string.len = len - 2;
-		out->val.string.val = pnstrdup(json + 1, len - 2);
+		out->val.string.val = EsArenaStrdup(a, json + 1, len - 2);
 		MemoryContextSwitchTo(old);
 		return;
 	}
@@ -713,12 +897,13 @@ EsSourceValue(char *json, int len, MemoryContext cxt, JsonbValue *out)
 /*
  * Parses the event text (len bytes, checked to be text) for the values the
  * fold's operations take: scan->found[i] and scan->values[i] (allocated in
- * cxt, which the scan itself lives in too) for op i.  Reports JSON errors as
- * jsonb_in does.
+ * the arena, whose context the scan itself lives in too) for op i.  Reports
+ * JSON errors as jsonb_in does.
  */
 static EsSourceScan *
-EsScanSources(EsFold *fold, char *json, int len, MemoryContext cxt)
+EsScanSources(EsFold *fold, char *json, int len, EsArena *a)
 {
+	MemoryContext cxt = a->cxt;
 	EsSourceScan *s = fold->scan;
 	JsonSemAction sem;
 	int			nops = Max(fold->nops, 1);
@@ -762,18 +947,19 @@ EsScanSources(EsFold *fold, char *json, int len, MemoryContext cxt)
 	{
 		s->found[i] = s->start[i] != NULL && s->end[i] != NULL;
 		if (s->found[i])
-			EsSourceValue(s->start[i], (int) (s->end[i] - s->start[i]), cxt, &s->values[i]);
+			EsSourceValue(s->start[i], (int) (s->end[i] - s->start[i]), a, &s->values[i]);
 	}
 	return s;
 }
 
 /* The object that holds the last key of `path`, made if missing. */
 static EsNode *
-EsParentOf(EsNode *root, const EsPath *path)
+EsParentOf(EsArena *a, EsNode *root, const EsPath *path)
 {
 	EsNode	   *n = root;
 
-	EsNodeExpand(n);
+	Assert(root->full);
+	EsNodeExpand(a, n);
 	if (n->kind != ES_OBJECT)
 	{
 		/* The state is not an object: start one. */
@@ -785,18 +971,18 @@ EsParentOf(EsNode *root, const EsPath *path)
 	}
 	for (int i = 0; i + 1 < path->n; i++)
 	{
-		EsNode	   *child = EsObjectGet(n, path->keys[i], path->lens[i]);
+		EsNode	   *child = EsObjectGet(a, n, path->keys[i], path->lens[i]);
 
 		if (child == NULL)
 		{
-			child = EsNodeContainer(ES_OBJECT);
-			EsObjectSet(n, path->keys[i], path->lens[i], child);
+			child = EsNodeContainer(a, ES_OBJECT);
+			EsObjectSet(a, n, path->keys[i], path->lens[i], child);
 		}
-		EsNodeExpand(child);
+		EsNodeExpand(a, child);
 		if (child->kind != ES_OBJECT)
 		{
-			child = EsNodeContainer(ES_OBJECT);
-			EsObjectSet(n, path->keys[i], path->lens[i], child);
+			child = EsNodeContainer(a, ES_OBJECT);
+			EsObjectSet(a, n, path->keys[i], path->lens[i], child);
 		}
 		n = child;
 	}
@@ -828,7 +1014,7 @@ EsScalarEquals(const JsonbValue *a, const JsonbValue *b)
 
 /* Applies one operation; errors name the operation (the caller adds the event). */
 static EsNode *
-EsApplyOp(EsNode *root, const EsFoldOp *op, const JsonbValue *source, int index)
+EsApplyOp(EsArena *a, EsNode *root, const EsFoldOp *op, const JsonbValue *source, int index)
 {
 	JsonbValue	src;
 	EsNode	   *parent;
@@ -838,7 +1024,7 @@ EsApplyOp(EsNode *root, const EsFoldOp *op, const JsonbValue *source, int index)
 
 	if (op->kind == ES_OP_DELETE)
 	{
-		parent = EsParentOf(root, &op->path);
+		parent = EsParentOf(a, root, &op->path);
 		EsObjectDelete(parent, op->path.keys[op->path.n - 1], op->path.lens[op->path.n - 1]);
 		return root;
 	}
@@ -846,7 +1032,7 @@ EsApplyOp(EsNode *root, const EsFoldOp *op, const JsonbValue *source, int index)
 		return root;			/* a missing source field: nothing to do */
 	src = *source;
 	if (op->kind == ES_OP_INIT)
-		return EsNodeValue(&src);
+		return EsNodeRoot(a, &src);
 
 	if (op->kind == ES_OP_MERGE)
 	{
@@ -856,60 +1042,60 @@ EsApplyOp(EsNode *root, const EsFoldOp *op, const JsonbValue *source, int index)
 			target = root;
 		else
 		{
-			parent = EsParentOf(root, &op->path);
+			parent = EsParentOf(a, root, &op->path);
 			key = op->path.keys[op->path.n - 1];
 			keylen = op->path.lens[op->path.n - 1];
-			target = EsObjectGet(parent, key, keylen);
+			target = EsObjectGet(a, parent, key, keylen);
 			if (target == NULL)
 			{
-				target = EsNodeContainer(ES_OBJECT);
-				EsObjectSet(parent, key, keylen, target);
+				target = EsNodeContainer(a, ES_OBJECT);
+				EsObjectSet(a, parent, key, keylen, target);
 			}
 		}
-		EsNodeExpand(target);
+		EsNodeExpand(a, target);
 		if (target->kind != ES_OBJECT)
 		{
 			if (target == root)
-				(void) EsParentOf(root, &op->path);	/* makes root an object */
+				(void) EsParentOf(a, root, &op->path);	/* makes root an object */
 			else
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("fold operation %d (merge): the state's field is not an object", index + 1)));
 		}
-		from = EsNodeValue(&src);
-		EsNodeExpand(from);
+		from = EsNodeValue(a, &src);
+		EsNodeExpand(a, from);
 		if (from->kind != ES_OBJECT)
 			return root;		/* merging a non-object: nothing to do */
 		for (int i = 0; i < from->n; i++)
-			EsObjectSet(target, from->keys[i], from->keylens[i], from->items[i]);
+			EsObjectSet(a, target, from->keys[i], from->keylens[i], from->items[i]);
 		return root;
 	}
 
-	parent = EsParentOf(root, &op->path);
+	parent = EsParentOf(a, root, &op->path);
 	key = op->path.keys[op->path.n - 1];
 	keylen = op->path.lens[op->path.n - 1];
-	target = EsObjectGet(parent, key, keylen);
+	target = EsObjectGet(a, parent, key, keylen);
 
 	switch (op->kind)
 	{
 		case ES_OP_SET:
-			EsObjectSet(parent, key, keylen, EsNodeValue(&src));
+			EsObjectSet(a, parent, key, keylen, EsNodeValue(a, &src));
 			break;
 		case ES_OP_APPEND:
 			if (target != NULL)
-				EsNodeExpand(target);
+				EsNodeExpand(a, target);
 			if (target == NULL || target->kind != ES_ARRAY)
 			{
-				target = EsNodeContainer(ES_ARRAY);
-				EsObjectSet(parent, key, keylen, target);
+				target = EsNodeContainer(a, ES_ARRAY);
+				EsObjectSet(a, parent, key, keylen, target);
 			}
-			EsNodeGrow(target);
-			target->items[target->n++] = EsNodeValue(&src);
+			EsNodeGrow(a, target);
+			target->items[target->n++] = EsNodeValue(a, &src);
 			break;
 		case ES_OP_REMOVE:
 			if (target == NULL)
 				break;
-			EsNodeExpand(target);
+			EsNodeExpand(a, target);
 			if (target->kind == ES_ARRAY)
 			{
 				int			kept = 0;
@@ -946,7 +1132,7 @@ EsApplyOp(EsNode *root, const EsFoldOp *op, const JsonbValue *source, int index)
 				sum.val.numeric = DatumGetNumeric(DirectFunctionCall2(numeric_add,
 																	  NumericGetDatum(current),
 																	  NumericGetDatum(src.val.numeric)));
-				EsObjectSet(parent, key, keylen, EsNodeValue(&sum));
+				EsObjectSet(a, parent, key, keylen, EsNodeValue(a, &sum));
 				break;
 			}
 		default:
@@ -969,6 +1155,12 @@ typedef struct EsReplay
 	FmgrInfo	app_fold;
 	Oid			call_fold_fn;	/* the fold function named in the call */
 	FmgrInfo	call_fold;
+	EsArena		arena;			/* the document's nodes and strings, in cxt */
+	/* the last event's topic and its fold: events of a topic come in runs */
+	bool		topic_known;
+	int			topic_len;
+	EsFold	   *topic_fold;
+	char		topic[ES_MAX_TOPIC_BYTES + 1];
 	EsNode	   *root;
 	bool		started;
 	pg_uuid_t	originator_id;
@@ -1073,7 +1265,7 @@ EsLoadFolds(EsReplay *r, const EsRelations *rels)
 }
 
 static EsReplay *
-EsReplayBegin(MemoryContext cxt, const EsRelations *rels, int32 app_id,
+EsReplayBegin(MemoryContext cxt, bool reuse_blocks, const EsRelations *rels, int32 app_id,
 			  const char *appname, Oid call_fold_fn)
 {
 	MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -1082,7 +1274,8 @@ EsReplayBegin(MemoryContext cxt, const EsRelations *rels, int32 app_id,
 	r->cxt = cxt;
 	r->app_id = app_id;
 	r->appname = pstrdup(appname);
-	r->root = EsNodeContainer(ES_OBJECT);
+	EsArenaInit(&r->arena, cxt, reuse_blocks);
+	r->root = EsNodeContainer(&r->arena, ES_OBJECT);
 	MemoryContextSwitchTo(old);
 	EsLoadFolds(r, rels);
 	if (OidIsValid(call_fold_fn))
@@ -1136,7 +1329,7 @@ EsParseState(EsReplay *r, bytea *state, const char *topic, int64 version,
 	PG_TRY();
 	{
 		if (fold != NULL)
-			(void) EsScanSources(fold, VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state), r->cxt);
+			(void) EsScanSources(fold, VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state), &r->arena);
 		else
 		{
 			text = pnstrdup(VARDATA_ANY(state), VARSIZE_ANY_EXHDR(state));
@@ -1167,7 +1360,9 @@ static void
 EsReplayEvent(EsReplay *r, const pg_uuid_t *originator_id, int64 version,
 			  text *topic, bytea *state)
 {
-	char	   *topic_str = text_to_cstring(topic);
+	const char *tdata = VARDATA_ANY(topic);
+	int			tlen = VARSIZE_ANY_EXHDR(topic);
+	char	   *topic_str;
 	EsReplayErrorContext ectx;
 	ErrorContextCallback callback;
 	Jsonb	   *event;
@@ -1192,6 +1387,24 @@ EsReplayEvent(EsReplay *r, const pg_uuid_t *originator_id, int64 version,
 	r->originator_id = *originator_id;
 	r->version = version;
 
+	if (tlen <= ES_MAX_TOPIC_BYTES)
+	{
+		if (!r->topic_known || r->topic_len != tlen || memcmp(r->topic, tdata, tlen) != 0)
+		{
+			memcpy(r->topic, tdata, tlen);
+			r->topic[tlen] = '\0';
+			r->topic_len = tlen;
+			r->topic_fold = NULL;
+			if (!OidIsValid(r->call_fold_fn) && strlen(r->topic) == tlen)
+				r->topic_fold = hash_search(r->folds, r->topic, HASH_FIND, NULL);
+			r->topic_known = true;
+		}
+		topic_str = r->topic;
+		fold = r->topic_fold;
+	}
+	else
+		topic_str = text_to_cstring(topic);
+
 	ectx.r = r;
 	ectx.topic = topic_str;
 	ectx.version = version;
@@ -1199,8 +1412,6 @@ EsReplayEvent(EsReplay *r, const pg_uuid_t *originator_id, int64 version,
 	callback.arg = &ectx;
 	callback.previous = error_context_stack;
 
-	if (!OidIsValid(r->call_fold_fn) && strlen(topic_str) <= ES_MAX_TOPIC_BYTES)
-		fold = hash_search(r->folds, topic_str, HASH_FIND, NULL);
 	if (fold != NULL && !fold->whole_event)
 	{
 		/* Only the fields the operations read are parsed. */
@@ -1215,7 +1426,7 @@ EsReplayEvent(EsReplay *r, const pg_uuid_t *originator_id, int64 version,
 			const EsFoldOp *op = &fold->ops[i];
 
 			CHECK_FOR_INTERRUPTS();
-			r->root = EsApplyOp(r->root, op,
+			r->root = EsApplyOp(&r->arena, r->root, op,
 								op->has_value ? &op->value : (scan->found[i] ? &scan->values[i] : NULL), i);
 		}
 		MemoryContextSwitchTo(old);
@@ -1247,7 +1458,7 @@ EsReplayEvent(EsReplay *r, const pg_uuid_t *originator_id, int64 version,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("the fold function %s returned NULL", format_procedure(fn->fn_oid)),
 					 errhint("A fold function returns the new state; return the state unchanged to ignore an event.")));
-		r->root = EsDocumentFromJsonb(DatumGetJsonbPCopy(result));
+		r->root = EsDocumentFromJsonb(&r->arena, DatumGetJsonbPCopy(result));
 	}
 	else
 	{
@@ -1262,7 +1473,7 @@ EsReplayEvent(EsReplay *r, const pg_uuid_t *originator_id, int64 version,
 			JsonbValue	src;
 
 			CHECK_FOR_INTERRUPTS();
-			r->root = EsApplyOp(r->root, &ops[i], EsOpSource(&ops[i], ev, &src) ? &src : NULL, i);
+			r->root = EsApplyOp(&r->arena, r->root, &ops[i], EsOpSource(&ops[i], ev, &src) ? &src : NULL, i);
 		}
 	}
 	MemoryContextSwitchTo(old);
@@ -1285,7 +1496,7 @@ EsReplayStart(FunctionCallInfo fcinfo, Oid call_fold_fn)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("es_replay transition functions must be called by the es_replay aggregate")));
 	EsOpenApp(&app, fcinfo, 1, ES_PRIV_READ);
-	return EsReplayBegin(aggcxt, &app.rels, app.id, app.cname, call_fold_fn);
+	return EsReplayBegin(aggcxt, false, &app.rels, app.id, app.cname, call_fold_fn);
 }
 
 static EsReplay *
@@ -1295,8 +1506,8 @@ EsReplayStep(FunctionCallInfo fcinfo, Oid call_fold_fn)
 	HeapTupleHeader ev;
 	TupleDesc	tupdesc;
 	HeapTupleData tuple;
-	Datum		values[6];
-	bool		nulls[6];
+	Datum		values[4];
+	bool		nulls[4];
 
 	if (PG_ARGISNULL(2))
 		return r;				/* no event (e.g. an outer join): nothing to fold */
@@ -1321,7 +1532,9 @@ EsReplayStep(FunctionCallInfo fcinfo, Oid call_fold_fn)
 	ItemPointerSetInvalid(&tuple.t_self);
 	tuple.t_tableOid = InvalidOid;
 	tuple.t_data = ev;
-	heap_deform_tuple(&tuple, tupdesc, values, nulls);
+	/* Only the four attributes folding reads (the descriptor is kept across calls). */
+	for (int i = 0; i < 4; i++)
+		values[i] = heap_getattr(&tuple, i + 1, tupdesc, &nulls[i]);
 	/* A forgotten aggregate's events have no state: nothing to fold. */
 	if (nulls[3] && !nulls[0] && !nulls[1] && !nulls[2])
 		return r;
@@ -1590,7 +1803,7 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 	EsStateResult res = {NULL, -1, NULL, 0, false};
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "es_state", ALLOCSET_DEFAULT_SIZES);
 	MemoryContext tmpcxt = AllocSetContextCreate(CurrentMemoryContext, "es_state event", ALLOCSET_DEFAULT_SIZES);
-	EsReplay   *r = EsReplayBegin(cxt, rels, app->id, app->cname, InvalidOid);
+	EsReplay   *r = EsReplayBegin(cxt, true, rels, app->id, app->cname, InvalidOid);
 	StringInfoData sql;
 	Oid			argtypes[4] = {INT4OID, UUIDOID, INT8OID, INT8OID};
 	Datum		values[4];
@@ -1678,7 +1891,7 @@ EsComputeState(const EsApp *app, pg_uuid_t *originator_id, int64 at_version,
 
 		if (EsHashesEqual(chain, snap_hash))
 		{
-			r->root = EsDocumentFromJsonb(snap_state);
+			r->root = EsDocumentFromJsonb(&r->arena, snap_state);
 			r->started = true;
 			r->originator_id = *originator_id;
 			r->version = snap_version;

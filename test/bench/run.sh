@@ -5,6 +5,8 @@
 # MODE, then INSERT), side by side in one run on a throwaway cluster.
 #
 #   make bench                 # BENCH_SECONDS=10 BENCH_ROUNDS=2 by default
+#   BENCH_ONLY=replay bash test/bench/run.sh   # only one section: append,
+#                              # verify or replay (its table alone, not saved)
 #
 # Prints a markdown table of transactions/s (and events/s for batches) with
 # the ratios, and saves it in test/bench/results/latest.md.
@@ -15,6 +17,9 @@ ROUNDS=${BENCH_ROUNDS:-2}
 CLIENTS=${BENCH_CLIENTS:-"1 8 32"}
 BATCH_CLIENTS=${BENCH_BATCH_CLIENTS:-8}
 BENCH="$ROOT/test/bench"
+ONLY=${BENCH_ONLY:-}
+case "$ONLY" in ""|append|verify|replay) ;; *) echo "BENCH_ONLY: append, verify or replay" >&2; exit 2 ;; esac
+section() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 
 bench_cluster <<CONF
 max_connections = 120
@@ -79,6 +84,7 @@ run() {
 
 declare -A TPS LAT
 for ((r = 1; r <= ROUNDS; r++)); do
+    section append || break
     for c in $CLIENTS; do
         for s in plain es lock; do
             read -r tps lat < <(run "$s" "$c")
@@ -95,7 +101,7 @@ done
 
 # --- verification speed: es_verify over N events against reading the same rows
 VERIFY_EVENTS=${BENCH_VERIFY_EVENTS:-100000}
-psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
+section verify && psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
 SELECT es_create_application('verify');
 -- one aggregate of N events, and N events over 1000 aggregates
 SELECT count(*) FROM generate_series(0, $VERIFY_EVENTS / 1000 - 1) b,
@@ -126,6 +132,7 @@ SELECT count(*) FROM es_verify_log('verify_many');
 SQL
 declare -A VLAT
 for ((r = 1; r <= ROUNDS; r++)); do
+    section verify || break
     for s in read_one verify_one read_log verify_log; do
         out=$("$PG_BIN/pgbench" -n -c 1 -t 20 -f "$WORK/$s.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
         lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
@@ -136,7 +143,7 @@ done
 
 # --- replay: one aggregate of N events, declarative folds vs PL/pgSQL vs reading
 REPLAY_EVENTS=${BENCH_REPLAY_EVENTS:-10000}
-psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
+section replay && psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
 SELECT es_create_application('replay');
 SELECT es_define_fold('replay', 'Dog.Registered', '[{"op": "set", "path": "name", "from": "name"}, {"op": "set", "path": "tricks", "value": []}]');
 SELECT es_define_fold('replay', 'Dog.TrickAdded', '[{"op": "append", "path": "tricks", "from": "trick"}]');
@@ -170,6 +177,7 @@ echo "SELECT es_state('replay', '00000000-0000-4000-8000-00000000d001') IS NOT N
 echo "SELECT es_state('replay', '00000000-0000-4000-8000-00000000d002') IS NOT NULL;" >"$WORK/state_snapshot.sql"
 declare -A RLAT
 for ((r = 1; r <= ROUNDS; r++)); do
+    section replay || break
     for s in replay_read replay_declarative replay_columns replay_plpgsql state_full state_snapshot; do
         out=$("$PG_BIN/pgbench" -n -c 1 -t "$([ "$s" = replay_plpgsql ] && echo 1 || echo 20)" -f "$WORK/$s.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
         lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
@@ -181,8 +189,11 @@ done
 mean() { echo "$@" | tr ' ' '\n' | awk 'NF {s += $1; n++} END {printf "%.3f", s / n}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
+# (a single section is shown, not saved in latest.md)
+if [ -n "$ONLY" ]; then SAVE=/dev/null; else SAVE="$RESULTS/latest.md"; fi
 {
     echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), synchronous_commit on, fsync on; pgbench -M prepared, ${SECONDS_PER_RUN}s per run, mean of $ROUNDS rounds (verification and replay: 20 calls a round, the PL/pgSQL fold 1), all in one run ($(date -u +%Y-%m-%d))."
+    if section append; then
     echo
     echo "| clients | plain INSERT tps | es_append tps | LOCK TABLE + INSERT tps | es_append / plain | LOCK TABLE / plain | es_append latency / plain |"
     echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -197,6 +208,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
     echo "| batches of 100 events, $BATCH_CLIENTS clients | multi-row INSERT events/s | es_append events/s | es_append / INSERT |"
     echo "| --- | ---: | ---: | ---: |"
     echo "| | $pe | $ee | $(ratio "$e" "$p") |"
+    fi
+    if section verify; then
     echo
     echo "| $VERIFY_EVENTS events | read the rows, events/s | verify, events/s | verify / read |"
     echo "| --- | ---: | ---: | ---: |"
@@ -205,6 +218,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
         rl=$(mean ${VLAT[$rkey]}); vl=$(mean ${VLAT[$vkey]})
         echo "| $label: $rname vs $vname | $(awk -v n="$VERIFY_EVENTS" -v l="$rl" 'BEGIN {printf "%.0f", n / l * 1000}') | $(awk -v n="$VERIFY_EVENTS" -v l="$vl" 'BEGIN {printf "%.0f", n / l * 1000}') | $(ratio "$rl" "$vl") |"
     done
+    fi
+    if section replay; then
     echo
     echo "| replay of one aggregate of $REPLAY_EVENTS events | ms | events/s | vs reading the rows |"
     echo "| --- | ---: | ---: | ---: |"
@@ -216,5 +231,6 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
     done
     echo
     echo "Declarative folds vs PL/pgSQL: $(ratio "$(mean ${RLAT[replay_plpgsql]})" "$(mean ${RLAT[replay_declarative]})")x faster."
-} | tee "$RESULTS/latest.md"
+    fi
+} | tee "$SAVE"
 rm -rf "$WORK"
