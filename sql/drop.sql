@@ -58,6 +58,25 @@ DROP TABLE :empty_log;
 SELECT store.es_append('empty', '00000000-0000-0000-0000-000000000002', 1, 'Created', '{}');
 ROLLBACK;
 \echo :LAST_ERROR_SQLSTATE
+-- what the C code relies on cannot be altered: the parent's columns, a
+-- partition's keys, triggers, name, schema, owner (pg_restore --clean begins
+-- with ALTER TABLE ... DROP CONSTRAINT); storage settings may change
+ALTER TABLE store.es_stored_events ADD COLUMN extra text;
+\echo :LAST_ERROR_SQLSTATE
+ALTER TABLE ONLY :keep_log DROP CONSTRAINT es_stored_events_1_pkey;
+\echo :LAST_ERROR_SQLSTATE
+ALTER TABLE :keep_log DISABLE TRIGGER es_append_only_truncate;
+\echo :LAST_ERROR_SQLSTATE
+ALTER TABLE :keep_log RENAME TO kept;
+\echo :LAST_ERROR_SQLSTATE
+ALTER TABLE :keep_log SET SCHEMA public;
+\echo :LAST_ERROR_SQLSTATE
+CREATE ROLE es_drop_test_role;
+ALTER TABLE :keep_log OWNER TO es_drop_test_role;
+\echo :LAST_ERROR_SQLSTATE
+DROP ROLE es_drop_test_role;
+ALTER TABLE :keep_log SET (autovacuum_vacuum_scale_factor = 0.01);
+ALTER TABLE :keep_log ALTER COLUMN state SET STATISTICS 200;
 -- archiving an application: its partition detached on the administrative
 -- path (the application's calls then fail with XX001), and attached back
 -- with its events, chains and seals intact

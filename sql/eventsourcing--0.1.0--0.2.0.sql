@@ -376,6 +376,27 @@ CREATE TRIGGER es_append_only BEFORE UPDATE OR DELETE ON @extschema@.es_stored_e
 CREATE TRIGGER es_append_only_truncate BEFORE TRUNCATE ON @extschema@.es_stored_events
     FOR EACH STATEMENT EXECUTE FUNCTION eventsourcing_internal.es_append_only_guard();
 
+-- Takes every privilege on a table from everyone but its owner: what
+-- ALTER DEFAULT PRIVILEGES (of whoever creates or restores it) granted too.
+CREATE FUNCTION eventsourcing_internal.es_lock_down(rel regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    g oid;
+BEGIN
+    FOR g IN SELECT DISTINCT a.grantee FROM pg_class c, aclexplode(c.relacl) a
+             WHERE c.oid = rel AND a.grantee <> c.relowner LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM %s CASCADE', rel,
+                       CASE WHEN g = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g)) END);
+    END LOOP;
+END
+$fn$;
+REVOKE ALL ON FUNCTION eventsourcing_internal.es_lock_down(regclass) FROM PUBLIC;
+COMMENT ON FUNCTION eventsourcing_internal.es_lock_down(regclass) IS
+    'Revokes every privilege on a table of the extension from everyone but its owner (new partitions, and tables attached to es_stored_events).';
+
 -- Each application's events live in a partition of their own (LIST by
 -- application_id), made by es_create_application: the indexes an append and a
 -- read descend grow with that application's log only, and the C code scans
@@ -398,14 +419,15 @@ BEGIN
     EXECUTE format('ALTER TABLE @extschema@.%I ADD CONSTRAINT %I PRIMARY KEY (application_id, notification_id), '
                    'ADD CONSTRAINT %I UNIQUE (application_id, originator_id, originator_version)',
                    part, part || '_pkey', part || '_version_key');
-    EXECUTE format('REVOKE ALL ON @extschema@.%I FROM PUBLIC', part);
+    PERFORM eventsourcing_internal.es_lock_down(format('@extschema@.%I', part)::regclass);
     -- Row triggers are cloned from the parent; TRUNCATE triggers are not.
     EXECUTE format('CREATE TRIGGER es_append_only_truncate BEFORE TRUNCATE ON @extschema@.%I '
                    'FOR EACH STATEMENT EXECUTE FUNCTION eventsourcing_internal.es_append_only_guard()', part);
     EXECUTE format('COMMENT ON TABLE @extschema@.%I IS %L', part,
                    'The events of application ' || app || ': its partition of es_stored_events, made by es_create_application.');
     -- ATTACH takes a SHARE UPDATE EXCLUSIVE lock on the parent, which appends
-    -- and reads of other applications (RowExclusive, AccessShare) do not wait for.
+    -- and reads (which lock only partitions) do not wait for; two creations
+    -- wait for each other's transactions.
     EXECUTE format('ALTER TABLE @extschema@.es_stored_events ATTACH PARTITION @extschema@.%I FOR VALUES IN (%s)', part, app);
     RETURN format('@extschema@.%I', part)::regclass;
 END
@@ -485,3 +507,12 @@ COMMENT ON VIEW @extschema@.es_followers IS
     'Each follower''s recorded position in an upstream application''s log and its lag behind the head, for the applications the caller has a privilege on.';
 GRANT SELECT ON @extschema@.es_followers TO PUBLIC;
 
+
+-- Default privileges of the role that installs (or upgrades) the extension
+-- do not reach its tables and sequences: only their owner touches them.
+SELECT eventsourcing_internal.es_lock_down(c.oid::pg_catalog.regclass)
+FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class c ON c.oid = d.objid
+WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype = 'e'
+  AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+  AND d.refobjid = (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname = 'eventsourcing')
+  AND c.relkind IN ('r', 'p', 'S');

@@ -66,6 +66,24 @@ SELECT count(*) AS partitions_outside_the_default_tablespace
 FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid
 WHERE i.inhparent = 'es_stored_events'::regclass AND c.reltablespace <> 0;
 
+-- default privileges (of the owner, here a superuser) do not reach the
+-- partitions of new applications, nor tables attached to es_stored_events
+RESET ROLE;
+ALTER DEFAULT PRIVILEGES GRANT SELECT, INSERT ON TABLES TO es_sec_mallory;
+SELECT es_create_application('sec_default_privileges');
+SELECT count(*) AS grants_beyond_the_owner
+FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid, aclexplode(c.relacl) a
+WHERE i.inhparent = 'es_stored_events'::regclass AND a.grantee <> c.relowner;
+ALTER DEFAULT PRIVILEGES REVOKE SELECT, INSERT ON TABLES FROM es_sec_mallory;
+CREATE TABLE es_sec_attached (LIKE es_stored_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+GRANT SELECT ON es_sec_attached TO es_sec_mallory;
+GRANT INSERT ON es_sec_attached TO PUBLIC;
+ALTER TABLE es_stored_events ATTACH PARTITION es_sec_attached FOR VALUES IN (2000000000);
+SELECT coalesce(relacl::text, '(default)') AS attached_acl FROM pg_class WHERE relname = 'es_sec_attached';
+ALTER TABLE es_stored_events DETACH PARTITION es_sec_attached;
+DROP TABLE es_sec_attached;
+SET ROLE es_sec_mallory;
+
 -- 2. Nothing across applications without a privilege there.
 SELECT count(*) FROM es_select('sec_other', 1, 10);
 \echo :LAST_ERROR_SQLSTATE

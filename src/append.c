@@ -420,7 +420,9 @@ EsInsertEvents(const EsRelations *rels, Relation events, int32 app_id,
 		{
 			CHECK_FOR_INTERRUPTS();
 			ExecClearTuple(slot);
-			memset(slot->tts_isnull, 0, sizeof(bool) * Natts_es_stored_events);
+			/* (any column a future version adds is NULL until it sets it) */
+			memset(slot->tts_isnull, true, sizeof(bool) * slot->tts_tupleDescriptor->natts);
+			memset(slot->tts_isnull, false, sizeof(bool) * Natts_es_stored_events);
 			ids[i] = first + i;
 			slot->tts_values[Anum_es_application_id - 1] = Int32GetDatum(app_id);
 			slot->tts_values[Anum_es_notification_id - 1] = Int64GetDatum(ids[i]);

@@ -25,8 +25,10 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/indexing.h"
+#include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_extension.h"
 #include "common/hashfn.h"
@@ -419,64 +421,110 @@ bool
 EsIsLogPartition(const EsRelations *rels, Oid relid)
 {
 	return OidIsValid(relid) && get_rel_relispartition(relid) &&
-		get_partition_parent(relid, true) == rels->events;
+		get_partition_parent(relid, true) == rels->events &&
+		!PartitionHasPendingDetach(relid);
+}
+
+/* The index `name` of the extension's schema, if it is an index of relid. */
+static Oid
+EsIndexOf(const EsRelations *rels, const char *name, Oid relid)
+{
+	Oid			index = get_relname_relid(name, rels->namespace);
+
+	return OidIsValid(index) && IndexGetRelation(index, true) == relid ? index : InvalidOid;
+}
+
+/* Looks application app_id's log up in the catalogs (no lock, no cache). */
+static bool
+EsLookUpLog(const EsRelations *rels, int32 app_id, EsLog *log)
+{
+	char		name[NAMEDATALEN];
+
+	snprintf(name, sizeof(name), "es_stored_events_%d", app_id);
+	log->relid = get_relname_relid(name, rels->namespace);
+	if (!EsIsLogPartition(rels, log->relid))
+		return false;
+	snprintf(name, sizeof(name), "es_stored_events_%d_pkey", app_id);
+	log->pkey = EsIndexOf(rels, name, log->relid);
+	snprintf(name, sizeof(name), "es_stored_events_%d_version_key", app_id);
+	log->version_idx = EsIndexOf(rels, name, log->relid);
+	return OidIsValid(log->pkey) && OidIsValid(log->version_idx);
+}
+
+static bool
+EsCachedLog(int32 app_id, EsLog *log)
+{
+	EsLogCacheEntry *entry;
+
+	if (log_cache == NULL)
+		return false;
+	entry = hash_search(log_cache, &app_id, HASH_FIND, NULL);
+	if (entry == NULL)
+		return false;
+	*log = entry->log;
+	return true;
 }
 
 /*
- * The partition of es_stored_events that holds application app_id's events
- * (false when there is none: detached, or dropped), found by its name
- * (es_add_log_partition names it; only the extension's owner can rename it)
- * and checked to be a partition of es_stored_events, so a table of that name
- * planted elsewhere is never read.  Cached per backend until the relcache
- * entry of es_stored_events (attaching, detaching or dropping a partition) or
- * of the partition (its indexes replaced) is invalidated.
+ * The partition of es_stored_events that holds application app_id's events,
+ * locked (AccessShareLock, to the end of the transaction); false when there
+ * is none (detached, being detached, dropped, or without its keys).
+ *
+ * Found by its name (es_add_log_partition names it) and checked to be a
+ * partition of es_stored_events whose two keys are its own indexes, so a
+ * table or index of that name made elsewhere is never read.  The lock is
+ * what makes the answer last: DROP TABLE and DETACH PARTITION take
+ * AccessExclusiveLock on the partition, so they wait for every call that
+ * found it, and a call that waited for them finds, once it holds the lock
+ * (which reads the invalidation queue), that the cached answer is gone and
+ * looks again.  Cached per backend until the relcache entry of
+ * es_stored_events (attaching, detaching or dropping a partition) or of the
+ * partition (its indexes replaced) is invalidated.
  *
  * The C paths scan and insert into the partition itself, never through the
  * parent: index scans and table_tuple_insert need a leaf, and skipping
  * partition routing keeps the append path as short as before.  Attribute
  * numbers are the parent's (es_add_log_partition makes partitions LIKE the
- * parent, and no column of es_stored_events is ever dropped).
+ * parent, and es_drop_guard refuses ALTER TABLE of the parent).
  */
 bool
 EsFindLog(const EsRelations *rels, int32 app_id, EsLog *found)
 {
-	EsLogCacheEntry *entry;
-	EsLog		log;
-	char		name[NAMEDATALEN];
-
-	if (log_cache != NULL)
+	for (int tries = 0; tries < 3; tries++)
 	{
-		entry = hash_search(log_cache, &app_id, HASH_FIND, NULL);
-		if (entry != NULL)
+		EsLog		log;
+		EsLog		again;
+		EsLogCacheEntry *entry;
+
+		if (!EsCachedLog(app_id, &log) && !EsLookUpLog(rels, app_id, &log))
+			return false;
+		LockRelationOid(log.relid, AccessShareLock);
+		if (EsCachedLog(app_id, &again) && again.relid == log.relid)
 		{
-			*found = entry->log;
+			*found = again;
 			return true;
 		}
-	}
-	snprintf(name, sizeof(name), "es_stored_events_%d", app_id);
-	log.relid = get_relname_relid(name, rels->namespace);
-	if (!EsIsLogPartition(rels, log.relid))
-		return false;
-	snprintf(name, sizeof(name), "es_stored_events_%d_pkey", app_id);
-	log.pkey = EsRelid(rels->namespace, name);
-	snprintf(name, sizeof(name), "es_stored_events_%d_version_key", app_id);
-	log.version_idx = EsRelid(rels->namespace, name);
+		/* Not cached, or dropped from the cache while we waited: check it. */
+		if (EsLookUpLog(rels, app_id, &again) && again.relid == log.relid)
+		{
+			if (log_cache == NULL)
+			{
+				HASHCTL		info;
 
-	/* The look-ups may have run invalidation callbacks: look again. */
-	if (log_cache == NULL)
-	{
-		HASHCTL		info;
-
-		info.keysize = sizeof(int32);
-		info.entrysize = sizeof(EsLogCacheEntry);
-		info.hcxt = CacheMemoryContext;
-		log_cache = hash_create("eventsourcing logs", 16, &info,
-								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+				info.keysize = sizeof(int32);
+				info.entrysize = sizeof(EsLogCacheEntry);
+				info.hcxt = CacheMemoryContext;
+				log_cache = hash_create("eventsourcing logs", 16, &info,
+										HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+			}
+			entry = hash_search(log_cache, &app_id, HASH_ENTER, NULL);
+			entry->log = again;
+			*found = again;
+			return true;
+		}
+		UnlockRelationOid(log.relid, AccessShareLock);
 	}
-	entry = hash_search(log_cache, &app_id, HASH_ENTER, NULL);
-	entry->log = log;
-	*found = log;
-	return true;
+	return false;
 }
 
 /* EsFindLog, for an application that must have its log. */
@@ -488,9 +536,10 @@ EsLogOf(const EsRelations *rels, int32 app_id)
 	if (!EsFindLog(rels, app_id, &log))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("the log of application %d is missing: \"es_stored_events_%d\" is not a partition of es_stored_events",
+				 errmsg("the log of application %d is missing: \"es_stored_events_%d\" is not a partition of es_stored_events with its keys",
 						app_id, app_id),
-				 errhint("Restore the table from a dump, or ATTACH it back to es_stored_events.")));
+				 errhint("Restore the table from a dump, or ATTACH it back to es_stored_events (with its indexes es_stored_events_%d_pkey and es_stored_events_%d_version_key).",
+						 app_id, app_id)));
 	return log;
 }
 

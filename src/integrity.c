@@ -44,6 +44,8 @@
 #include "access/tableam.h"
 #include "catalog/pg_type.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
+#include "catalog/pg_inherits.h"
 #include "commands/event_trigger.h"
 #include "commands/extension.h"
 #include "commands/trigger.h"
@@ -975,26 +977,152 @@ es_append_only_guard(PG_FUNCTION_ARGS)
 }
 
 /*
- * The drop guard: an event trigger on ddl_command_start that refuses DROP
- * EXTENSION eventsourcing, DROP SCHEMA of its schema and DROP OWNED BY its
- * owner while recorded events exist, and DROP TABLE or DETACH PARTITION of an
- * application's partition of es_stored_events while it holds events (the
- * partitions are not members of the extension, so PostgreSQL alone would let
- * them go): the append-only store's easiest ways to lose everything.  The way
- * out is the administrative path, eventsourcing.allow_rewrite (superusers
- * only).
+ * The drop guard: an event trigger on ddl_command_start that keeps recorded
+ * events from going by DDL (the append-only triggers cover DML):
+ *
+ *	- DROP EXTENSION eventsourcing, DROP SCHEMA of its schema and DROP OWNED
+ *	  BY its owner, while recorded events exist;
+ *	- DROP TABLE of an application's partition of es_stored_events, and
+ *	  DETACH PARTITION (also FINALIZE) of one, while it holds events (the
+ *	  partitions are not members of the extension, so PostgreSQL alone would
+ *	  let them go);
+ *	- any ALTER TABLE of es_stored_events but ATTACH and DETACH, and any
+ *	  ALTER TABLE, RENAME or SET SCHEMA of a partition but storage and
+ *	  statistics settings: the C code relies on their columns and keys, and a
+ *	  partition moved to another schema or owner would go with it (pg_restore
+ *	  --clean begins with ALTER TABLE ... DROP CONSTRAINT).
+ *
+ * A table attached to es_stored_events loses every privilege but its
+ * owner's first (a restore into a database with default privileges would
+ * otherwise hand the log to their grantees).
+ *
+ * Counting events takes AccessExclusiveLock on the partitions first (what
+ * the DROP or DETACH would take next anyway), so appends in flight finish
+ * before, and counts with a new snapshot, so that neither an append that
+ * commits meanwhile nor an old REPEATABLE READ snapshot hides events.
+ *
+ * The way out is the administrative path, eventsourcing.allow_rewrite
+ * (superusers only); the extension's own scripts pass.
  */
 
-/* The relation `rv` names is one application's partition of es_stored_events. */
-static bool
-EsNamesLogPartition(RangeVar *rv, const EsRelations *rels, Oid *partition)
+/* Partition of es_stored_events, being detached or not. */
+static Oid
+EsPartitionNamed(RangeVar *rv, const EsRelations *rels)
 {
 	Oid			relid = RangeVarGetRelid(rv, NoLock, true);
 
-	if (!EsIsLogPartition(rels, relid))
-		return false;
-	*partition = relid;
-	return true;
+	return OidIsValid(relid) && get_rel_relispartition(relid) &&
+		get_partition_parent(relid, true) == rels->events ? relid : InvalidOid;
+}
+
+static void
+EsRefuseAlteration(const char *what, const char *relname)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("%s of %s is not allowed: the eventsourcing extension relies on its columns, keys and triggers",
+					what, relname),
+			 errhint("Storage and statistics settings of a partition may change. A superuser can SET eventsourcing.allow_rewrite = on to repair; es_verify_log reports what changed.")));
+}
+
+/* Whether an ALTER TABLE subcommand of a partition leaves what we rely on. */
+static bool
+EsHarmlessAlteration(AlterTableType subtype)
+{
+	switch (subtype)
+	{
+		case AT_SetRelOptions:
+		case AT_ResetRelOptions:
+		case AT_ReplaceRelOptions:
+		case AT_SetStatistics:
+		case AT_SetStorage:
+		case AT_SetCompression:
+		case AT_ClusterOn:
+		case AT_DropCluster:
+			return true;
+		default:
+			return false;
+	}
+}
+
+/* Strips an attached table of every privilege but its owner's. */
+static void
+EsLockDown(const EsRelations *rels, Oid relid)
+{
+	EsSpi		spi;
+	Oid			argtype = REGCLASSOID;
+	Datum		arg = ObjectIdGetDatum(relid);
+
+	EsSpiBegin(&spi, rels);
+	if (SPI_execute_with_args("SELECT eventsourcing_internal.es_lock_down($1)",
+							  1, &argtype, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "eventsourcing: could not revoke the privileges on an attached partition");
+	EsSpiEnd(&spi);
+}
+
+/* Refuses alterations of the parent and of its partitions (see above). */
+static void
+EsGuardAlterations(Node *parsetree, const EsRelations *rels)
+{
+	if (IsA(parsetree, AlterTableStmt))
+	{
+		AlterTableStmt *stmt = (AlterTableStmt *) parsetree;
+		Oid			relid;
+		ListCell   *lc;
+
+		if (stmt->objtype != OBJECT_TABLE)
+			return;
+		relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+		if (relid == rels->events)
+		{
+			foreach(lc, stmt->cmds)
+			{
+				AlterTableCmd *cmd = lfirst(lc);
+
+				if (cmd->subtype == AT_AttachPartition)
+				{
+					Oid			attached = RangeVarGetRelid(((PartitionCmd *) cmd->def)->name, NoLock, true);
+
+					if (OidIsValid(attached))
+						EsLockDown(rels, attached);
+				}
+				else if (cmd->subtype != AT_DetachPartition &&
+						 cmd->subtype != AT_DetachPartitionFinalize)
+					EsRefuseAlteration("ALTER TABLE", "es_stored_events");
+			}
+		}
+		else if (OidIsValid(relid) && OidIsValid(EsPartitionNamed(stmt->relation, rels)))
+		{
+			foreach(lc, stmt->cmds)
+			{
+				if (!EsHarmlessAlteration(((AlterTableCmd *) lfirst(lc))->subtype))
+					EsRefuseAlteration("ALTER TABLE", get_rel_name(relid));
+			}
+		}
+	}
+	else if (IsA(parsetree, RenameStmt))
+	{
+		RenameStmt *stmt = (RenameStmt *) parsetree;
+
+		if (stmt->relation != NULL &&
+			(stmt->renameType == OBJECT_TABLE || stmt->renameType == OBJECT_COLUMN ||
+			 stmt->renameType == OBJECT_TABCONSTRAINT || stmt->renameType == OBJECT_TRIGGER))
+		{
+			Oid			relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+
+			if (OidIsValid(relid) &&
+				(relid == rels->events || OidIsValid(EsPartitionNamed(stmt->relation, rels))))
+				EsRefuseAlteration("RENAME", get_rel_name(relid));
+		}
+	}
+	else if (IsA(parsetree, AlterObjectSchemaStmt))
+	{
+		AlterObjectSchemaStmt *stmt = (AlterObjectSchemaStmt *) parsetree;
+
+		if (stmt->objectType == OBJECT_TABLE && stmt->relation != NULL &&
+			OidIsValid(EsPartitionNamed(stmt->relation, rels)))
+			EsRefuseAlteration("SET SCHEMA", stmt->relation->relname);
+	}
 }
 
 /*
@@ -1017,8 +1145,8 @@ EsDropTargetsUs(Node *parsetree, const EsRelations *rels, Oid *partition)
 		{
 			AlterTableCmd *cmd = lfirst(lc);
 
-			if (cmd->subtype == AT_DetachPartition &&
-				EsNamesLogPartition(((PartitionCmd *) cmd->def)->name, rels, partition))
+			if ((cmd->subtype == AT_DetachPartition || cmd->subtype == AT_DetachPartitionFinalize) &&
+				OidIsValid(*partition = EsPartitionNamed(((PartitionCmd *) cmd->def)->name, rels)))
 				return true;
 		}
 		return false;
@@ -1032,7 +1160,7 @@ EsDropTargetsUs(Node *parsetree, const EsRelations *rels, Oid *partition)
 		{
 			foreach(lc, stmt->objects)
 			{
-				if (EsNamesLogPartition(makeRangeVarFromNameList(lfirst(lc)), rels, partition))
+				if (OidIsValid(*partition = EsPartitionNamed(makeRangeVarFromNameList(lfirst(lc)), rels)))
 					return true;
 			}
 			return false;
@@ -1081,6 +1209,7 @@ es_drop_guard(PG_FUNCTION_ARGS)
 	int64		events = 0;
 	bool		isnull;
 	Oid			partition;
+	bool		detach;
 
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -1088,10 +1217,18 @@ es_drop_guard(PG_FUNCTION_ARGS)
 				 errmsg("es_drop_guard can only be called as an event trigger")));
 	trigdata = (EventTriggerData *) fcinfo->context;
 	/* An extension's own scripts (our upgrade renames and replaces tables) pass. */
-	if (es_allow_rewrite || creating_extension || !EsLookupRelationsIfInstalled(&rels) ||
-		!EsDropTargetsUs(trigdata->parsetree, &rels, &partition))
+	if (es_allow_rewrite || creating_extension || !EsLookupRelationsIfInstalled(&rels))
 		PG_RETURN_VOID();
+	EsGuardAlterations(trigdata->parsetree, &rels);
+	if (!EsDropTargetsUs(trigdata->parsetree, &rels, &partition))
+		PG_RETURN_VOID();
+	detach = IsA(trigdata->parsetree, AlterTableStmt);
 
+	/* Appends in flight end first; then a new snapshot sees what they wrote. */
+	if (OidIsValid(partition))
+		LockRelationOid(partition, AccessExclusiveLock);
+	else
+		(void) find_inheritance_children(rels.events, AccessExclusiveLock);
 	EsSpiBegin(&spi, &rels);
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "SELECT pg_catalog.count(*) FROM %s",
@@ -1099,19 +1236,20 @@ es_drop_guard(PG_FUNCTION_ARGS)
 					 quote_qualified_identifier(get_namespace_name(get_rel_namespace(partition)),
 												get_rel_name(partition)) :
 					 EsQualifiedName(&rels, "es_stored_events"));
+	PushActiveSnapshot(GetLatestSnapshot());
 	if (SPI_execute(sql.data, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "eventsourcing: could not count the recorded events");
+	PopActiveSnapshot();
 	events = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	EsSpiEnd(&spi);
 	if (events > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
 				 errmsg("%s would %s the " INT64_FORMAT " recorded events of %s \"%s\"%s",
-						GetCommandTagName(trigdata->tag),
-						IsA(trigdata->parsetree, AlterTableStmt) ? "take" : "delete", events,
+						GetCommandTagName(trigdata->tag), detach ? "take" : "delete", events,
 						OidIsValid(partition) ? "partition" : "extension",
 						OidIsValid(partition) ? get_rel_name(partition) : ES_EXTENSION_NAME,
-						IsA(trigdata->parsetree, AlterTableStmt) ? " out of the log" : ""),
+						detach ? " out of the log" : ""),
 				 OidIsValid(partition) ?
 				 errdetail("Recorded events are append-only: the partition holds one application's log, which its seals and chains still cover.") :
 				 errdetail("Recorded events are append-only: dropping the extension drops them, with their seals, keys and tracking positions."),
