@@ -987,10 +987,11 @@ es_append_only_guard(PG_FUNCTION_ARGS)
  *	  partitions are not members of the extension, so PostgreSQL alone would
  *	  let them go);
  *	- any ALTER TABLE of es_stored_events but ATTACH and DETACH, and any
- *	  ALTER TABLE, RENAME or SET SCHEMA of a partition but storage and
- *	  statistics settings: the C code relies on their columns and keys, and a
- *	  partition moved to another schema or owner would go with it (pg_restore
- *	  --clean begins with ALTER TABLE ... DROP CONSTRAINT).
+ *	  ALTER TABLE, RENAME or SET SCHEMA of a partition but settings and
+ *	  additions (EsHarmlessAlteration): the C code relies on their columns
+ *	  and keys, and a partition moved to another schema or owner would go
+ *	  with a DROP SCHEMA or DROP OWNED (and pg_restore --clean begins with
+ *	  ALTER TABLE ... DROP CONSTRAINT).
  *
  * A table attached to es_stored_events loses every privilege but its
  * owner's first (a restore into a database with default privileges would
@@ -1022,15 +1023,26 @@ EsRefuseAlteration(const char *what, const char *relname)
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("%s of %s is not allowed: the eventsourcing extension relies on its columns, keys and triggers",
 					what, relname),
-			 errhint("Storage and statistics settings of a partition may change. A superuser can SET eventsourcing.allow_rewrite = on to repair; es_verify_log reports what changed.")));
+			 errhint("Settings of a partition may change, and keys and indexes may be added. A superuser can SET eventsourcing.allow_rewrite = on to repair; es_verify_log reports what changed.")));
 }
 
-/* Whether an ALTER TABLE subcommand of a partition leaves what we rely on. */
+/*
+ * Whether an ALTER TABLE subcommand of a partition leaves what we rely on:
+ * settings, and additions (pg_restore adds the keys after ATTACH, and gives
+ * the table to its owner), but no removal or change of a column, key,
+ * trigger or owner.
+ */
 static bool
-EsHarmlessAlteration(AlterTableType subtype)
+EsHarmlessAlteration(const AlterTableCmd *cmd, const EsRelations *rels)
 {
-	switch (subtype)
+	switch (cmd->subtype)
 	{
+		case AT_ChangeOwner:
+			return get_rolespec_oid(cmd->newowner, true) == rels->owner;
+		case AT_AddConstraint:
+		case AT_AddIndex:
+		case AT_AddIndexConstraint:
+		case AT_EnableTrig:
 		case AT_SetRelOptions:
 		case AT_ResetRelOptions:
 		case AT_ReplaceRelOptions:
@@ -1095,7 +1107,7 @@ EsGuardAlterations(Node *parsetree, const EsRelations *rels)
 		{
 			foreach(lc, stmt->cmds)
 			{
-				if (!EsHarmlessAlteration(((AlterTableCmd *) lfirst(lc))->subtype))
+				if (!EsHarmlessAlteration(lfirst(lc), rels))
 					EsRefuseAlteration("ALTER TABLE", get_rel_name(relid));
 			}
 		}
