@@ -32,7 +32,7 @@ endif
 # (after PGXS, which sets it) the TAP tests' own module
 PROVE_FLAGS += -I test/t
 
-.PHONY: deps demo test stop bench bench-field bench-size bench-dcb
+.PHONY: deps demo test stop bench bench-field bench-size bench-partitions bench-dcb
 
 # Installs missing Debian packages (as root).
 deps:
@@ -67,6 +67,10 @@ bench-field:
 
 bench-size:
 	bash test/bench/size.sh
+
+# One application's costs against another's log size (partitioning, #15).
+bench-partitions:
+	bash test/bench/partitions.sh
 
 # Conditional appends of tagged events (DCB) against es_append and the table lock.
 bench-dcb:

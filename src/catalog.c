@@ -477,7 +477,10 @@ EsCachedLog(int32 app_id, EsLog *log)
  * AccessExclusiveLock on the partition, so they wait for every call that
  * found it, and a call that waited for them finds, once it holds the lock
  * (which reads the invalidation queue), that the cached answer is gone and
- * looks again.  Cached per backend until the relcache entry of
+ * looks again.  (The worker lets go of the lock at once, es_keep_log_locks:
+ * holding it while it writes watermarks would deadlock with DROP EXTENSION;
+ * it only reads, and a partition dropped under it ends its round with an
+ * error, after which it starts again.)  Cached per backend until the relcache entry of
  * es_stored_events (attaching, detaching or dropping a partition) or of the
  * partition (its indexes replaced) is invalidated.
  *
@@ -487,6 +490,8 @@ EsCachedLog(int32 app_id, EsLog *log)
  * numbers are the parent's (es_add_log_partition makes partitions LIKE the
  * parent, and es_drop_guard refuses ALTER TABLE of the parent).
  */
+bool		es_keep_log_locks = true;
+
 bool
 EsFindLog(const EsRelations *rels, int32 app_id, EsLog *found)
 {
@@ -502,6 +507,8 @@ EsFindLog(const EsRelations *rels, int32 app_id, EsLog *found)
 		if (EsCachedLog(app_id, &again) && again.relid == log.relid)
 		{
 			*found = again;
+			if (!es_keep_log_locks)
+				UnlockRelationOid(log.relid, AccessShareLock);
 			return true;
 		}
 		/* Not cached, or dropped from the cache while we waited: check it. */
@@ -520,6 +527,8 @@ EsFindLog(const EsRelations *rels, int32 app_id, EsLog *found)
 			entry = hash_search(log_cache, &app_id, HASH_ENTER, NULL);
 			entry->log = again;
 			*found = again;
+			if (!es_keep_log_locks)
+				UnlockRelationOid(log.relid, AccessShareLock);
 			return true;
 		}
 		UnlockRelationOid(log.relid, AccessShareLock);

@@ -64,6 +64,7 @@ extern int32 EsLookupApplicationId(const EsRelations *rels, text *name, EsAppSet
 extern void EsLockAggregate(int32 app_id, const pg_uuid_t *originator_id);
 extern char *EsApplicationName(const EsRelations *rels, int32 app_id);
 extern bool EsIsLogPartition(const EsRelations *rels, Oid relid);
+extern bool es_keep_log_locks;
 extern bool EsFindLog(const EsRelations *rels, int32 app_id, EsLog *found);
 extern EsLog EsLogOf(const EsRelations *rels, int32 app_id);
 extern bool EsLastEventAttr(const EsLog *log, Oid index, Snapshot snapshot,

@@ -66,6 +66,7 @@ cluster_port() {
         bench) echo 54327 ;;
         pybench) echo 54330 ;;
         bench-dcb) echo 54323 ;;
+        bench-part) echo 54322 ;;
         client) echo 54325 ;;
         iso) echo 54324 ;;
         bench-proxy) echo 54310 ;;
