@@ -83,8 +83,8 @@ SQL
     out=$(cd "$WORK" && "$PG_BIN/pgbench" -n -M prepared -c 1 -T "$SECONDS_PER_RUN" -l --log-prefix="$WORK/log" \
           -f "$WORK/page.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
     sleep 1; after=$(blocks "$part")   # a backend reports its counts as it exits
-    cat "$WORK"/log.* | awk -v d=$((after - before)) '{a[NR] = $3; s += $3} END {
-        n = asort(a); printf "%.3f %.3f %.2f\n", s / NR / 1000, a[int(n * .99) + 1] / 1000, d / NR}'
+    cat "$WORK"/log.* | awk '{print $3}' | sort -n | awk -v d=$((after - before)) '{a[NR] = $1; s += $1} END {
+        printf "%.3f %.3f %.2f\n", s / NR / 1000, a[int(NR * .99) + 1] / 1000, d / NR}'
 }
 
 append_tps() {
@@ -138,6 +138,6 @@ done
     awk 'END {n = $1; pages = $12; lv = $11;
               perleaf = n / pages; fan = perleaf;
               leaves = 1e9 / perleaf; l = 0; x = leaves; while (x > 1) {x /= fan; l++}
-              printf "Extrapolated to 10^9 events in one application: about %.0f leaf pages (%.0f entries a page as measured at %d), %d levels above the leaves (measured at %d: %d), so one more index page a descent than at %d; those upper levels are about %.0f MB, which stay in shared_buffers.\n",
-                     leaves, perleaf, n, l, n, lv, n, leaves / fan * 8192 / 1048576}' "$RESULTS/partitions.dat"
+              printf "Extrapolated to 10^9 events in one application: about %.0f leaf pages (%.0f entries a page as measured at %d), %d levels above the leaves (measured at %d: %d), so %d more index page(s) a descent than at %d; the pages above the leaves are about %.0f MB, small enough to stay in shared_buffers.\n",
+                     leaves, perleaf, n, l, n, lv, l - lv, n, leaves / fan * 8192 / 1048576}' "$RESULTS/partitions.dat"
 } | tee "$RESULTS/partitions.md"
