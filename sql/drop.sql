@@ -77,6 +77,16 @@ ALTER TABLE :keep_log OWNER TO es_drop_test_role;
 DROP ROLE es_drop_test_role;
 ALTER TABLE :keep_log SET (autovacuum_vacuum_scale_factor = 0.01);
 ALTER TABLE :keep_log ALTER COLUMN state SET STATISTICS 200;
+-- a partition's keys are found by name and must be its own indexes: an
+-- index of that name on another table is never scanned (XX001 instead)
+ALTER INDEX store.es_stored_events_1_pkey RENAME TO kept_pkey;
+CREATE TABLE store.decoy (application_id integer, notification_id bigint);
+CREATE UNIQUE INDEX es_stored_events_1_pkey ON store.decoy (application_id, notification_id);
+SELECT count(*) FROM store.es_select('keep', 1, 10);
+\echo :LAST_ERROR_SQLSTATE
+DROP TABLE store.decoy;
+ALTER INDEX store.kept_pkey RENAME TO es_stored_events_1_pkey;
+SELECT count(*) AS events_again FROM store.es_select('keep', 1, 10);
 -- archiving an application: its partition detached on the administrative
 -- path (the application's calls then fail with XX001), and attached back
 -- with its events, chains and seals intact
