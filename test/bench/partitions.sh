@@ -7,8 +7,9 @@
 # 10^6, 10^7 events (PART_STEPS), 256-byte events in aggregates of 100,
 # loaded in batches of 1,000.  At each size, interleaved round by round:
 # appends (one event a transaction, 8 clients) to small and to big; the
-# latency of an es_select page of 100 at a random position of each, and the
-# heap and index blocks a page read touches (pg_statio of the application's
+# latency of an es_select page of 100 at a random position of each (among
+# its loaded events, its partition prewarmed: see page()), and the heap and
+# index blocks a page read touches (pg_statio of the application's
 # partition).  Then the depth (B-tree levels above the leaves) and size of
 # big's primary key (pageinspect), from which the depth at 10^9 is worked out.
 #
@@ -32,6 +33,7 @@ STATE=$BENCH_STATE_256
 psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
 CREATE EXTENSION eventsourcing;
 CREATE EXTENSION pageinspect;
+CREATE EXTENSION pg_prewarm;
 SELECT es_create_application('small');
 SELECT es_create_application('big');
 CREATE FUNCTION bench_state() RETURNS bytea LANGUAGE sql IMMUTABLE AS \$\$ SELECT convert_to('$STATE', 'UTF8') \$\$;
@@ -69,11 +71,16 @@ blocks() {
         FROM pg_statio_user_tables WHERE relname = '$1'"
 }
 
-# page APP PARTITION -> "mean_ms p99_ms blocks_per_call": one session reading
-# pages of 100 at random positions of the application's log.
+# page APP PARTITION N -> "mean_ms p99_ms blocks_per_call": one session
+# reading pages of 100 at random positions among the first N events of the
+# application's log (those loaded in batches: the events the append runs
+# add lie above, spread over the heap by 8 concurrent writers).  The
+# partition and its primary key are read into shared_buffers first
+# (pg_prewarm), so that what is measured is the read, not what the growth of
+# the other application evicted.
 page() {
-    local app=$1 part=$2 n before after out
-    n=$(psql -X -At -d postgres -c "SELECT es_max_notification_id('$app')")
+    local app=$1 part=$2 n=$3 before after out
+    psql -X -q -d postgres -c "SELECT pg_prewarm('$part'), pg_prewarm('${part}_pkey')" >/dev/null
     cat >"$WORK/page.sql" <<SQL
 \\set p random(1, $n - 100)
 SELECT count(*), sum(octet_length(state)) FROM es_select('$app', :p, 100);
@@ -104,10 +111,10 @@ for n in $STEPS; do
         for app in $( ((r % 2)) && echo "small big" || echo "big small"); do
             if [ "$app" = small ]; then
                 st+=("$(append_tps small)")
-                read -r m p b < <(page small "$SMALL"); sp+=("$m"); sp99+=("$p"); sb+=("$b")
+                read -r m p b < <(page small "$SMALL" 100000); sp+=("$m"); sp99+=("$p"); sb+=("$b")
             else
                 bt+=("$(append_tps big)")
-                read -r m p b < <(page big "$BIG"); bp+=("$m"); bp99+=("$p"); bb+=("$b")
+                read -r m p b < <(page big "$BIG" "$n"); bp+=("$m"); bp99+=("$p"); bb+=("$b")
             fi
         done
     done
