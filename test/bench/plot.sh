@@ -49,13 +49,17 @@ set yrange [0:*]
 plot "$RESULTS/size.dat" using 1:2 with linespoints title "es\\\\_append", \
      "" using 1:13 with linespoints title "plain INSERT"
 set ylabel "latency (ms)"
-set key top left
+set logscale y
+set yrange [*:*]
+set key bottom right
 plot "$RESULTS/size.dat" using 1:3 with linespoints title "es\\\\_select page of 100 (mean)", \
      "" using 1:4 with linespoints title "es\\\\_select page of 100 (p99)", \
      "" using 1:5 with linespoints title "es\\\\_events of 100 (mean)", \
      "" using 1:7 with linespoints title "es\\\\_max\\\\_notification\\\\_id (mean)", \
      "" using 1:14 with linespoints dashtype 2 title "plain range SELECT of 100 (mean)", \
-     "" using 1:16 with linespoints dashtype 2 title "plain rows of one aggregate (mean)"
+     "" using 1:16 with linespoints dashtype 2 title "plain rows of one aggregate (mean)", \
+     "" using 1:27 with linespoints dashtype 3 title "es\\\\_select page of 100, cached (mean)", \
+     "" using 1:29 with linespoints dashtype 3 title "plain range SELECT of 100, cached (mean)"
 unset multiplot
 GP
 fi

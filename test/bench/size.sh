@@ -7,6 +7,20 @@
 # private memory (VmHWM less RssShmem) of a session running es_verify_log, of
 # one running es_seal, and of the worker.
 #
+# The plain table beside the log is measured the same way: each es read and
+# its plain counterpart run in one pgbench session that picks either at
+# random per transaction (same machine load, same cache), their positions are
+# drawn over the whole log and the whole table alike, the append runs
+# alternate which goes first, and the blocks each read touches per call (and
+# how many of them come from outside shared_buffers) are counted from
+# pg_statio_user_tables: on a machine shared with other work the block counts
+# are the stable figure, the timings are not.  A third pair reads pages within
+# the first 10^5 events only (the same events at every size, warmed into
+# shared_buffers first): what a read costs when the log is larger but the
+# pages read are cached.  Before the reads of each round both tables and
+# their indexes are read once through the kernel's page cache (pg_prewarm
+# 'read'), so that neither starts colder there than the other.
+#
 #   make bench-size         # SIZE_SECONDS=5 SIZE_ROUNDS=3 by default
 #
 # Writes test/bench/results/size.md and size.dat (for test/bench/plot.sh).
@@ -26,6 +40,7 @@ CONF
 STATE=$BENCH_STATE_256
 psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL
 CREATE EXTENSION eventsourcing;
+CREATE EXTENSION pg_prewarm;
 SELECT es_create_application('size');
 CREATE FUNCTION bench_state() RETURNS bytea LANGUAGE sql IMMUTABLE AS \$\$ SELECT convert_to('$STATE', 'UTF8') \$\$;
 CREATE FUNCTION bench_uuid(k bigint) RETURNS uuid LANGUAGE sql IMMUTABLE
@@ -77,15 +92,32 @@ cat >"$WORK/plain_max_id.sql" <<'SQL'
 SELECT max(notification_id) FROM plain_events WHERE application_id = 1;
 SQL
 
-# latency SCRIPT [pgbench args] -> "mean_ms p99_ms"
-latency() {
-    local script=$1 out
-    shift
+# statio -> "es_stored_events blocks reads plain_events blocks reads" (heap and
+# index blocks touched so far, and of them read from outside shared_buffers).
+statio() {
+    psql -X -At -F' ' -d postgres -c "SELECT string_agg(concat_ws(' ',
+            heap_blks_hit + heap_blks_read + coalesce(idx_blks_hit, 0) + coalesce(idx_blks_read, 0),
+            heap_blks_read + coalesce(idx_blks_read, 0)), ' ' ORDER BY relname)
+        FROM pg_statio_user_tables WHERE relname IN ('es_stored_events', 'plain_events')"
+}
+
+# latency_pair A B -> "meanA p99A meanB p99B blocksA readsA blocksB readsB":
+# one session running script A (an es read) and B (its plain counterpart),
+# either picked at random per transaction, for twice the run's seconds; the
+# blocks per call of A on es_stored_events and of B on plain_events.
+latency_pair() {
+    local a=$1 b=$2 out before after
     rm -f "$WORK"/log.*
-    out=$(cd "$WORK" && "$PG_BIN/pgbench" -n -M prepared -c 1 -T "$SECONDS_PER_RUN" -l --log-prefix="$WORK/log" "$@" \
-          -f "$WORK/$script.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
-    cat "$WORK"/log.* | awk '{print $3}' | sort -n | awk '{a[NR] = $1; s += $1}
-        END {printf "%.3f %.3f\n", s / NR / 1000, a[int(NR * .99) + 1] / 1000}'
+    sleep 1; before=$(statio)
+    out=$(cd "$WORK" && "$PG_BIN/pgbench" -n -M prepared -c 1 -T $(( 2 * SECONDS_PER_RUN )) -l --log-prefix="$WORK/log" \
+          -f "$WORK/$a.sql" -f "$WORK/$b.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
+    sleep 1; after=$(statio)   # a backend reports its counts as it exits
+    for k in 0 1; do
+        awk -v k=$k '$4 == k {print $3}' "$WORK"/log.* | sort -n | awk '{a[NR] = $1; s += $1}
+            END {printf "%.3f %.3f ", s / NR / 1000, a[int(NR * .99) + 1] / 1000}'
+    done
+    echo "$before $after" | awk -v na="$(awk '$4 == 0' "$WORK"/log.* | wc -l)" -v nb="$(awk '$4 == 1' "$WORK"/log.* | wc -l)" \
+        '{printf "%.2f %.2f %.2f %.2f\n", ($5 - $1) / na, ($6 - $2) / na, ($7 - $3) / nb, ($8 - $4) / nb}'
 }
 
 # peak_rss SQL -> "kB seconds": the peak private memory of a fresh session
@@ -127,9 +159,10 @@ SELECT count(*), sum(octet_length(state)) FROM es_events('size', bench_uuid(1000
 SQL
     # Every read sums the states, so that the plain ones fetch their rows
     # (a count alone is an index-only scan on a vacuumed table).
-    pfirst=$(psql -X -At -d postgres -c "SELECT min(notification_id) FROM plain_events")
+    # Both over all they hold (the events appended by the runs so far too).
+    read -r pfirst plast < <(psql -X -At -F' ' -d postgres -c "SELECT min(notification_id), max(notification_id) FROM plain_events")
     cat >"$WORK/plain_page.sql" <<SQL
-\\set p random($pfirst, $pfirst + $n - 100)
+\\set p random($pfirst, $plast - 100)
 SELECT count(*), sum(octet_length(state)) FROM (SELECT notification_id, originator_id, originator_version, topic, state, recorded_at, event_hash
     FROM plain_events WHERE application_id = 1 AND notification_id >= :p ORDER BY notification_id LIMIT 100) e;
 SQL
@@ -138,29 +171,64 @@ SQL
 SELECT count(*), sum(octet_length(state)) FROM (SELECT notification_id, originator_version, topic, state, recorded_at, event_hash
     FROM plain_events WHERE application_id = 1 AND originator_id = bench_uuid(1000000000 + :a) ORDER BY originator_version) e;
 SQL
+    # The first 10^5 events of each, loaded alike: the same events at every size.
+    cat >"$WORK/window_page.sql" <<SQL
+\\set p random(1, 100000 - 100)
+SELECT count(*), sum(octet_length(state)) FROM es_select('size', :p, 100);
+SQL
+    cat >"$WORK/plain_window_page.sql" <<SQL
+\\set p random($pfirst, $pfirst + 100000 - 100)
+SELECT count(*), sum(octet_length(state)) FROM (SELECT notification_id, originator_id, originator_version, topic, state, recorded_at, event_hash
+    FROM plain_events WHERE application_id = 1 AND notification_id >= :p ORDER BY notification_id LIMIT 100) e;
+SQL
     tps=(); page=(); pagep99=(); agg=(); aggp99=(); maxid=(); worker_kb=0
     ptps=(); ppage=(); ppagep99=(); pagg=(); paggp99=(); pmaxid=()
+    pageblk=(); pagerd=(); ppageblk=(); ppagerd=(); aggblk=(); aggrd=(); paggblk=(); paggrd=()
+    win=(); winp99=(); pwin=(); pwinp99=(); winrd=(); pwinrd=()
     for ((r = 1; r <= ROUNDS; r++)); do
-        out=$("$PG_BIN/pgbench" -n -M prepared -c 8 -j 2 -T "$SECONDS_PER_RUN" -f "$WORK/append.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
-        tps+=("$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | tail -1)")
-        # The worker has just been busy (it leaves 2 s after the last append).
-        for w in $(pgrep -f "eventsourcing worker" || true); do
-            kb=$(awk '/VmHWM/ {hwm = $2} /RssShmem/ {shm = $2} END {print hwm - shm}' "/proc/$w/status" 2>/dev/null || echo 0)
-            [ "$kb" -gt "$worker_kb" ] && worker_kb=$kb
+        # Appends: es first in odd rounds, plain first in even ones.
+        for kind in $( ((r % 2)) && echo "es plain" || echo "plain es"); do
+            script=append; [ "$kind" = plain ] && script=plain_append
+            out=$("$PG_BIN/pgbench" -n -M prepared -c 8 -j 2 -T "$SECONDS_PER_RUN" -f "$WORK/$script.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
+            t=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | tail -1)
+            if [ "$kind" = es ]; then
+                tps+=("$t")
+                # The worker has just been busy (it leaves 2 s after the last append).
+                for w in $(pgrep -f "eventsourcing worker" || true); do
+                    kb=$(awk '/VmHWM/ {hwm = $2} /RssShmem/ {shm = $2} END {print hwm - shm}' "/proc/$w/status" 2>/dev/null || echo 0)
+                    [ "$kb" -gt "$worker_kb" ] && worker_kb=$kb
+                done
+            else
+                ptps+=("$t")
+            fi
         done
-        read -r m p < <(latency page); page+=("$m"); pagep99+=("$p")
-        read -r m p < <(latency aggregate); agg+=("$m"); aggp99+=("$p")
-        read -r m p < <(latency max_id); maxid+=("$m")
-        out=$("$PG_BIN/pgbench" -n -M prepared -c 8 -j 2 -T "$SECONDS_PER_RUN" -f "$WORK/plain_append.sql" postgres 2>&1) || { echo "$out" >&2; exit 1; }
-        ptps+=("$(echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | tail -1)")
-        read -r m p < <(latency plain_page); ppage+=("$m"); ppagep99+=("$p")
-        read -r m p < <(latency plain_aggregate); pagg+=("$m"); paggp99+=("$p")
-        read -r m p < <(latency plain_max_id); pmaxid+=("$m")
+        # Both tables and their indexes read through the kernel's page cache
+        # first: which of them the kernel keeps otherwise depends on the order
+        # they were written in and on whatever else runs on the machine.
+        psql -X -q -d postgres -c "SELECT sum(pg_prewarm(c.oid, 'read')) FROM pg_class c
+            WHERE c.relname IN ('es_stored_events', 'plain_events') OR c.oid IN (SELECT indexrelid FROM pg_index
+            WHERE indrelid IN ('es_stored_events'::regclass, 'plain_events'::regclass))" >/dev/null
+        read -r m p pm pp b rd pb prd < <(latency_pair page plain_page)
+        page+=("$m"); pagep99+=("$p"); ppage+=("$pm"); ppagep99+=("$pp")
+        pageblk+=("$b"); pagerd+=("$rd"); ppageblk+=("$pb"); ppagerd+=("$prd")
+        read -r m p pm pp b rd pb prd < <(latency_pair aggregate plain_aggregate)
+        agg+=("$m"); aggp99+=("$p"); pagg+=("$pm"); paggp99+=("$pp")
+        aggblk+=("$b"); aggrd+=("$rd"); paggblk+=("$pb"); paggrd+=("$prd")
+        read -r m p pm pp b rd pb prd < <(latency_pair max_id plain_max_id)
+        maxid+=("$m"); pmaxid+=("$pm")
+        # Warm the window into shared_buffers, then read it.
+        psql -X -q -d postgres -c "SELECT count(*), sum(octet_length(state)) FROM es_select('size', 1, 100000)" \
+            -c "SELECT count(*), sum(octet_length(state)) FROM plain_events WHERE application_id = 1 AND notification_id < $pfirst + 100000" >/dev/null
+        read -r m p pm pp b rd pb prd < <(latency_pair window_page plain_window_page)
+        win+=("$m"); winp99+=("$p"); pwin+=("$pm"); pwinp99+=("$pp"); winrd+=("$rd"); pwinrd+=("$prd")
     done
     read -r verify_kb verify_s < <(peak_rss "SELECT * FROM es_verify_log('size')")
     read -r seal_kb seal_s < <(peak_rss "SELECT es_seal('size')")
     row="$n $(median "${tps[@]}") $(median "${page[@]}") $(median "${pagep99[@]}") $(median "${agg[@]}") $(median "${aggp99[@]}") $(median "${maxid[@]}") $verify_kb $verify_s $seal_kb $seal_s $worker_kb"
     row="$row $(median "${ptps[@]}") $(median "${ppage[@]}") $(median "${ppagep99[@]}") $(median "${pagg[@]}") $(median "${paggp99[@]}") $(median "${pmaxid[@]}")"
+    row="$row $(median "${pageblk[@]}") $(median "${pagerd[@]}") $(median "${ppageblk[@]}") $(median "${ppagerd[@]}")"
+    row="$row $(median "${aggblk[@]}") $(median "${aggrd[@]}") $(median "${paggblk[@]}") $(median "${paggrd[@]}")"
+    row="$row $(median "${win[@]}") $(median "${winp99[@]}") $(median "${pwin[@]}") $(median "${pwinp99[@]}") $(median "${winrd[@]}") $(median "${pwinrd[@]}")"
     log "$row"
     echo "$row" >>"$RESULTS/size.dat"
 done
@@ -168,18 +236,21 @@ done
 {
     echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'); synchronous_commit on, fsync on, shared_buffers 512MB; 256-byte events in aggregates of 100; pgbench -M prepared, ${SECONDS_PER_RUN}s per run, median of $ROUNDS rounds ($(date -u +%Y-%m-%d))."
     echo
-    echo "| events in the log | append tps (8 clients) | es_select page of 100, mean / p99 ms | es_events of 100, mean / p99 ms | es_max_notification_id ms | es_verify_log peak private memory MB (s) | es_seal peak private memory MB (s) | worker peak private memory MB |"
-    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    awk '{printf "| %d | %.0f | %.3f / %.3f | %.3f / %.3f | %.3f | %.1f (%s) | %.1f (%s) | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 / 1024, $9, $10 / 1024, $11, sprintf("%.1f", $12 / 1024)}' "$RESULTS/size.dat"
+    echo "Reads: one client; each es read and its plain counterpart in one pgbench session, picked at random per call. Blocks: heap and index blocks of es_stored_events (plain_events) touched per call, and in parentheses those read from outside shared_buffers (pg_statio_user_tables). Cached page: a page of 100 within the first 10^5 events, warmed into shared_buffers first."
+    echo
+    echo "| events in the log | append tps (8 clients) | es_select page of 100, mean / p99 ms | its blocks (outside) | es_events of 100, mean / p99 ms | its blocks (outside) | es_max_notification_id ms | cached page, mean / p99 ms | es_verify_log peak private memory MB (s) | es_seal peak private memory MB (s) | worker peak private memory MB |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    awk '{printf "| %d | %.0f | %.3f / %.3f | %.2f (%.2f) | %.3f / %.3f | %.2f (%.2f) | %.3f | %.3f / %.3f | %.1f (%s) | %.1f (%s) | %s |\n", $1, $2, $3, $4, $19, $20, $5, $6, $23, $24, $7, $27, $28, $8 / 1024, $9, $10 / 1024, $11, sprintf("%.1f", $12 / 1024)}' "$RESULTS/size.dat"
     echo
     echo "The same on the plain table, grown in step (a plain INSERT; a range SELECT of 100 rows; the rows of one aggregate; max(notification_id)):"
     echo
-    echo "| events in the table | INSERT tps (8 clients) | page of 100, mean / p99 ms | one aggregate's 100 rows, mean / p99 ms | max id ms |"
-    echo "| ---: | ---: | ---: | ---: | ---: |"
-    awk '{printf "| %d | %.0f | %.3f / %.3f | %.3f / %.3f | %.3f |\n", $1, $13, $14, $15, $16, $17, $18}' "$RESULTS/size.dat"
+    echo "| events in the table | INSERT tps (8 clients) | page of 100, mean / p99 ms | its blocks (outside) | one aggregate's 100 rows, mean / p99 ms | its blocks (outside) | max id ms | cached page, mean / p99 ms |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    awk '{printf "| %d | %.0f | %.3f / %.3f | %.2f (%.2f) | %.3f / %.3f | %.2f (%.2f) | %.3f | %.3f / %.3f |\n", $1, $13, $14, $15, $21, $22, $16, $17, $25, $26, $18, $29, $30}' "$RESULTS/size.dat"
     echo
-    awk 'NR == 1 {first = $1; t = $2; p = $3; a = $5; m = $7; pt = $13; pp = $14; pa = $16; pm = $18}
-        END {printf "At %d events against %d: append throughput %.2fx (plain INSERT %.2fx), page latency %.2fx (plain %.2fx), one aggregate %.2fx (plain %.2fx), max id %.2fx (plain %.2fx).\n",
-                    $1, first, $2 / t, $13 / pt, $3 / p, $14 / pp, $5 / a, $16 / pa, $7 / m, $18 / pm}' "$RESULTS/size.dat"
+    awk 'NR == 1 {first = $1; t = $2; p = $3; a = $5; m = $7; pt = $13; pp = $14; pa = $16; pm = $18; w = $27; pw = $29}
+        END {printf "At %d events against %d: append throughput %.2fx (plain INSERT %.2fx), page latency %.2fx (plain %.2fx), one aggregate %.2fx (plain %.2fx), max id %.2fx (plain %.2fx), cached page %.2fx (plain %.2fx). es_select against the plain SELECT at each size: page %s; cached page %s.\n",
+                    $1, first, $2 / t, $13 / pt, $3 / p, $14 / pp, $5 / a, $16 / pa, $7 / m, $18 / pm, $27 / w, $29 / pw, ratios, wratios}
+        {ratios = ratios (NR > 1 ? ", " : "") sprintf("%.2fx", $3 / $14); wratios = wratios (NR > 1 ? ", " : "") sprintf("%.2fx", $27 / $29)}' "$RESULTS/size.dat"
 } | tee "$RESULTS/size.md"
 bash "$BENCH/plot.sh" || log "no plots (gnuplot missing?)"
