@@ -92,13 +92,16 @@ cat >"$WORK/plain_max_id.sql" <<'SQL'
 SELECT max(notification_id) FROM plain_events WHERE application_id = 1;
 SQL
 
+# The application's partition of es_stored_events (its own table since
+# partitioning, #15): where its blocks are counted.
+ES_LOG=$(psql -X -At -d postgres -c "SELECT 'es_stored_events_' || id FROM es_applications WHERE name = 'size'")
 # statio -> "es_stored_events blocks reads plain_events blocks reads" (heap and
 # index blocks touched so far, and of them read from outside shared_buffers).
 statio() {
     psql -X -At -F' ' -d postgres -c "SELECT string_agg(concat_ws(' ',
             heap_blks_hit + heap_blks_read + coalesce(idx_blks_hit, 0) + coalesce(idx_blks_read, 0),
             heap_blks_read + coalesce(idx_blks_read, 0)), ' ' ORDER BY relname)
-        FROM pg_statio_user_tables WHERE relname IN ('es_stored_events', 'plain_events')"
+        FROM pg_statio_user_tables WHERE relname IN ('$ES_LOG', 'plain_events')"
 }
 
 # latency_pair A B -> "meanA p99A meanB p99B blocksA readsA blocksB readsB":
@@ -206,8 +209,8 @@ SQL
         # first: which of them the kernel keeps otherwise depends on the order
         # they were written in and on whatever else runs on the machine.
         psql -X -q -d postgres -c "SELECT sum(pg_prewarm(c.oid, 'read')) FROM pg_class c
-            WHERE c.relname IN ('es_stored_events', 'plain_events') OR c.oid IN (SELECT indexrelid FROM pg_index
-            WHERE indrelid IN ('es_stored_events'::regclass, 'plain_events'::regclass))" >/dev/null
+            WHERE c.relname IN ('$ES_LOG', 'plain_events') OR c.oid IN (SELECT indexrelid FROM pg_index
+            WHERE indrelid IN ('$ES_LOG'::regclass, 'plain_events'::regclass))" >/dev/null
         read -r m p pm pp b rd pb prd < <(latency_pair page plain_page)
         page+=("$m"); pagep99+=("$p"); ppage+=("$pm"); ppagep99+=("$pp")
         pageblk+=("$b"); pagerd+=("$rd"); ppageblk+=("$pb"); ppagerd+=("$prd")
