@@ -57,16 +57,7 @@ CREATE EXTENSION eventsourcing;
 SELECT es_create_application('replay');
 SELECT es_define_fold('replay', 'Dog.Registered', '[{"op": "set", "path": "name", "from": "name"}, {"op": "set", "path": "tricks", "value": []}]');
 SELECT es_define_fold('replay', 'Dog.TrickAdded', '[{"op": "append", "path": "tricks", "from": "trick"}]');
-SELECT count(*) FROM (VALUES ('00000000-0000-4000-8000-00000000d001'::uuid), ('00000000-0000-4000-8000-00000000d002'::uuid)) d(id),
-    LATERAL es_append('replay', ARRAY(
-        SELECT ROW(d.id, v, CASE WHEN v = 1 THEN 'Dog.Registered' ELSE 'Dog.TrickAdded' END,
-                   convert_to(CASE WHEN v = 1 THEN '{"name": "Fido"}' ELSE '{"trick": "trick number ' || v || '"}' END, 'UTF8'))::es_event
-        FROM generate_series(1, $REPLAY_EVENTS - 100) v));
-SELECT es_snapshot('replay', '00000000-0000-4000-8000-00000000d002');
-SELECT count(*) FROM (VALUES ('00000000-0000-4000-8000-00000000d001'::uuid), ('00000000-0000-4000-8000-00000000d002'::uuid)) d(id),
-    LATERAL es_append('replay', ARRAY(
-        SELECT ROW(d.id, v, 'Dog.TrickAdded', convert_to('{"trick": "trick number ' || v || '"}', 'UTF8'))::es_event
-        FROM generate_series($REPLAY_EVENTS - 99, $REPLAY_EVENTS) v));
+$(bench_replay_dogs "$REPLAY_EVENTS")
 VACUUM ANALYZE es_stored_events;
 SQL
 fi

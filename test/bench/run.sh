@@ -157,16 +157,7 @@ BEGIN
     RETURN state;
 END \$\$;
 -- two identical dogs; the second gets a snapshot 100 events before its end
-SELECT count(*) FROM (VALUES ('00000000-0000-4000-8000-00000000d001'::uuid), ('00000000-0000-4000-8000-00000000d002'::uuid)) d(id),
-    LATERAL es_append('replay', ARRAY(
-        SELECT ROW(d.id, v, CASE WHEN v = 1 THEN 'Dog.Registered' ELSE 'Dog.TrickAdded' END,
-                   convert_to(CASE WHEN v = 1 THEN '{"name": "Fido"}' ELSE '{"trick": "trick number ' || v || '"}' END, 'UTF8'))::es_event
-        FROM generate_series(1, $REPLAY_EVENTS - 100) v));
-SELECT es_snapshot('replay', '00000000-0000-4000-8000-00000000d002');
-SELECT count(*) FROM (VALUES ('00000000-0000-4000-8000-00000000d001'::uuid), ('00000000-0000-4000-8000-00000000d002'::uuid)) d(id),
-    LATERAL es_append('replay', ARRAY(
-        SELECT ROW(d.id, v, 'Dog.TrickAdded', convert_to('{"trick": "trick number ' || v || '"}', 'UTF8'))::es_event
-        FROM generate_series($REPLAY_EVENTS - 99, $REPLAY_EVENTS) v));
+$(bench_replay_dogs "$REPLAY_EVENTS")
 VACUUM ANALYZE es_stored_events;
 SQL
 echo "SELECT count(*), sum(octet_length(state)) FROM es_events('replay', '00000000-0000-4000-8000-00000000d001');" >"$WORK/replay_read.sql"

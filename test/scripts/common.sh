@@ -151,6 +151,25 @@ bench_cluster() {
     WORK=$(mktemp -d); chmod 777 "$WORK"
 }
 
+# The replay workload's SQL (run.sh, replay_ab.sh): two identical dogs of N
+# events in application 'replay'; the second gets a snapshot 100 events
+# before its end.
+bench_replay_dogs() {
+    local n=$1
+    cat <<SQL
+SELECT count(*) FROM (VALUES ('00000000-0000-4000-8000-00000000d001'::uuid), ('00000000-0000-4000-8000-00000000d002'::uuid)) d(id),
+    LATERAL es_append('replay', ARRAY(
+        SELECT ROW(d.id, v, CASE WHEN v = 1 THEN 'Dog.Registered' ELSE 'Dog.TrickAdded' END,
+                   convert_to(CASE WHEN v = 1 THEN '{"name": "Fido"}' ELSE '{"trick": "trick number ' || v || '"}' END, 'UTF8'))::es_event
+        FROM generate_series(1, $n - 100) v));
+SELECT es_snapshot('replay', '00000000-0000-4000-8000-00000000d002');
+SELECT count(*) FROM (VALUES ('00000000-0000-4000-8000-00000000d001'::uuid), ('00000000-0000-4000-8000-00000000d002'::uuid)) d(id),
+    LATERAL es_append('replay', ARRAY(
+        SELECT ROW(d.id, v, 'Dog.TrickAdded', convert_to('{"trick": "trick number ' || v || '"}', 'UTF8'))::es_event
+        FROM generate_series($n - 99, $n) v));
+SQL
+}
+
 # The field's event: a 256-byte JSON state.
 BENCH_STATE_256='{"name": "Fido", "trick": "roll over", "note": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}'
 
