@@ -416,13 +416,13 @@ EsApplicationName(const EsRelations *rels, int32 app_id)
 	return name;
 }
 
-/* relid is a partition of es_stored_events. */
+/* relid is a partition of es_stored_events (being detached, or not). */
 bool
-EsIsLogPartition(const EsRelations *rels, Oid relid)
+EsIsLogPartition(const EsRelations *rels, Oid relid, bool even_if_detaching)
 {
 	return OidIsValid(relid) && get_rel_relispartition(relid) &&
 		get_partition_parent(relid, true) == rels->events &&
-		!PartitionHasPendingDetach(relid);
+		(even_if_detaching || !PartitionHasPendingDetach(relid));
 }
 
 /* The index `name` of the extension's schema, if it is an index of relid. */
@@ -442,7 +442,7 @@ EsLookUpLog(const EsRelations *rels, int32 app_id, EsLog *log)
 
 	snprintf(name, sizeof(name), "es_stored_events_%d", app_id);
 	log->relid = get_relname_relid(name, rels->namespace);
-	if (!EsIsLogPartition(rels, log->relid))
+	if (!EsIsLogPartition(rels, log->relid, false))
 		return false;
 	snprintf(name, sizeof(name), "es_stored_events_%d_pkey", app_id);
 	log->pkey = EsIndexOf(rels, name, log->relid);

@@ -63,7 +63,7 @@ extern char *EsQualifiedName(const EsRelations *rels, const char *relname);
 extern int32 EsLookupApplicationId(const EsRelations *rels, text *name, EsAppSettings *settings);
 extern void EsLockAggregate(int32 app_id, const pg_uuid_t *originator_id);
 extern char *EsApplicationName(const EsRelations *rels, int32 app_id);
-extern bool EsIsLogPartition(const EsRelations *rels, Oid relid);
+extern bool EsIsLogPartition(const EsRelations *rels, Oid relid, bool even_if_detaching);
 extern bool es_keep_log_locks;
 extern bool EsFindLog(const EsRelations *rels, int32 app_id, EsLog *found);
 extern EsLog EsLogOf(const EsRelations *rels, int32 app_id);

@@ -44,7 +44,6 @@
 #include "access/tableam.h"
 #include "catalog/pg_type.h"
 #include "catalog/namespace.h"
-#include "catalog/partition.h"
 #include "catalog/pg_inherits.h"
 #include "commands/event_trigger.h"
 #include "commands/extension.h"
@@ -540,8 +539,10 @@ EsSealApplication(const EsRelations *rels, int32 app_id, text *application, Datu
 	/* One pass over what readers can be given now, from the last seal on. */
 	if (after < PG_INT64_MAX)
 	{
+		EsLog		log = EsLogOf(rels, app_id);
+
 		EsSealDigestBegin(previous, application, after);
-		EsLogScanBegin(&scan, rels, app_id, after + 1, PG_INT64_MAX, true);
+		EsLogScanBegin(&scan, rels, &log, app_id, after + 1, PG_INT64_MAX, true);
 		while ((slot = EsLogScanNext(&scan, &id)) != NULL)
 		{
 			EsSealDigestAdd(id, slot);
@@ -1012,8 +1013,7 @@ EsPartitionNamed(RangeVar *rv, const EsRelations *rels)
 {
 	Oid			relid = RangeVarGetRelid(rv, NoLock, true);
 
-	return OidIsValid(relid) && get_rel_relispartition(relid) &&
-		get_partition_parent(relid, true) == rels->events ? relid : InvalidOid;
+	return EsIsLogPartition(rels, relid, true) ? relid : InvalidOid;
 }
 
 static void

@@ -149,7 +149,7 @@ EsCheckMaxCount(int32 max_count)
  * id that may still become visible (the ordering protocol, ordering.c).
  */
 void
-EsLogScanBegin(EsLogScan *s, const EsRelations *rels, int32 app_id,
+EsLogScanBegin(EsLogScan *s, const EsRelations *rels, const EsLog *log, int32 app_id,
 			   int64 start, int64 stop, bool collect_gaps)
 {
 	memset(s, 0, sizeof(*s));
@@ -157,7 +157,7 @@ EsLogScanBegin(EsLogScan *s, const EsRelations *rels, int32 app_id,
 	s->app_id = app_id;
 	s->expected = start;
 	s->collect_gaps = collect_gaps;
-	s->log = EsLogOf(rels, app_id);
+	s->log = *log;
 	s->events = table_open(s->log.relid, AccessShareLock);
 	s->pkey = index_open(s->log.pkey, AccessShareLock);
 	s->snapshot = RegisterSnapshot(GetActiveSnapshot());
@@ -238,12 +238,14 @@ int64
 EsReadableHead(const EsRelations *rels, int32 app_id, int64 after)
 {
 	EsLogScan	scan;
+	EsLog		log;
 	int64		id;
 	int64		head = after;
 
 	if (after == PG_INT64_MAX)
 		return after;			/* nothing can come after the last bigint */
-	EsLogScanBegin(&scan, rels, app_id, after + 1, PG_INT64_MAX, false);
+	log = EsLogOf(rels, app_id);
+	EsLogScanBegin(&scan, rels, &log, app_id, after + 1, PG_INT64_MAX, false);
 	while (EsLogScanNext(&scan, &id) != NULL)
 		head = id;
 	EsLogScanEnd(&scan);
@@ -338,7 +340,7 @@ es_select(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 
 	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "es_select row", ALLOCSET_DEFAULT_SIZES);
-	EsLogScanBegin(&scan, &app.rels, app.id, start, stop, false);
+	EsLogScanBegin(&scan, &app.rels, &app.log, app.id, start, stop, false);
 	while (count < max_count && (slot = EsLogScanNext(&scan, &id)) != NULL)
 	{
 		Datum		values[7];
@@ -519,7 +521,7 @@ es_select_stored(PG_FUNCTION_ARGS)
 	EsCheckStart(start);
 	EsOpenApp(&app, fcinfo, 0, ES_PRIV_READ);
 	InitMaterializedSRF(fcinfo, 0);
-	EsLogScanBegin(&scan, &app.rels, app.id, start, PG_INT64_MAX, false);
+	EsLogScanBegin(&scan, &app.rels, &app.log, app.id, start, PG_INT64_MAX, false);
 	while (count < max_count && (slot = EsLogScanNext(&scan, &id)) != NULL)
 	{
 		Datum		values[7];

@@ -30,7 +30,7 @@ typedef struct EsLogScan
 	int			gaps_cap;
 } EsLogScan;
 
-extern void EsLogScanBegin(EsLogScan *s, const EsRelations *rels, int32 app_id,
+extern void EsLogScanBegin(EsLogScan *s, const EsRelations *rels, const EsLog *log, int32 app_id,
 						   int64 start, int64 stop, bool collect_gaps);
 extern struct TupleTableSlot *EsLogScanNext(EsLogScan *s, int64 *id);
 extern void EsLogScanEnd(EsLogScan *s);
